@@ -1,0 +1,318 @@
+//! Coordinator configuration: flags (each also an env var), defaults with
+//! their reasons, and validation that reports every problem at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orch_shared::config::{NatsArgs, Problems, parse_duration};
+use orch_shared::role::RoleSet;
+use orch_shared::telemetry::LogArgs;
+use orch_shared::wire::Limits;
+use orch_shared::{Role, Slot};
+
+/// Phase 1 budget: the seed's `parallel_timeout` (30 s).
+pub const DEFAULT_PARALLEL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Phase 2 budget across the whole reasoner chain: the seed's `reasoning_timeout` (60 s).
+pub const DEFAULT_REASONING_TIMEOUT: Duration = Duration::from_secs(60);
+/// Phase 3 budget across the whole verifier chain: the seed's `verification_timeout` (20 s).
+pub const DEFAULT_VERIFICATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// The seed's reasoner fallback order: Kimi K2, then ChatGPT, then a local model.
+pub const DEFAULT_REASONER_CHAIN: &str = "kimi_k2,chatgpt,local";
+/// The seed's verifier order: ChatGPT, then a local model.
+pub const DEFAULT_VERIFIER_CHAIN: &str = "chatgpt,local";
+/// Vision and web have one slot unless configured otherwise.
+pub const DEFAULT_SINGLE_CHAIN: &str = "default";
+/// Roles used when a request names no `tools` (vision only runs with a screenshot).
+pub const DEFAULT_TOOLS: &str = "vision,web,reasoner";
+/// Tasks one coordinator runs at once. A task in flight costs a few KiB while it
+/// waits on workers, so this bounds memory, not CPU; beyond it submits get `overloaded`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// Silence after which a worker is presumed dead. Workers heartbeat every second
+/// by default, so three missed beats.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long running tasks may continue after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Per-phase time limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseTimeouts {
+    /// Phase 1.
+    pub parallel: Duration,
+    /// Phase 2.
+    pub reasoning: Duration,
+    /// Phase 3.
+    pub verification: Duration,
+}
+
+impl Default for PhaseTimeouts {
+    fn default() -> Self {
+        PhaseTimeouts {
+            parallel: DEFAULT_PARALLEL_TIMEOUT,
+            reasoning: DEFAULT_REASONING_TIMEOUT,
+            verification: DEFAULT_VERIFICATION_TIMEOUT,
+        }
+    }
+}
+
+/// Everything the coordinator needs to run, already validated.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Ordered fallback chain of slots per role.
+    pub chains: BTreeMap<Role, Vec<Slot>>,
+    /// Default per-phase limits.
+    pub timeouts: PhaseTimeouts,
+    /// Roles used when a request omits `tools`.
+    pub default_tools: RoleSet,
+    /// Whether verification runs when a request says nothing (the seed's `enable_verification`).
+    pub enable_verification: bool,
+    /// Request size limits.
+    pub limits: Limits,
+    /// Tasks run at once before submits are refused with `overloaded`.
+    pub max_in_flight: usize,
+    /// Worker silence that counts as a dead worker (`None`: wait for the attempt deadline).
+    pub heartbeat_timeout: Option<Duration>,
+    /// How long running tasks may continue after shutdown starts.
+    pub drain_timeout: Duration,
+    /// Publish task events.
+    pub events: bool,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        let chain = |s: &str| parse_chain(s).unwrap_or_default();
+        CoordinatorConfig {
+            chains: [
+                (Role::Vision, chain(DEFAULT_SINGLE_CHAIN)),
+                (Role::Web, chain(DEFAULT_SINGLE_CHAIN)),
+                (Role::Reasoner, chain(DEFAULT_REASONER_CHAIN)),
+                (Role::Verifier, chain(DEFAULT_VERIFIER_CHAIN)),
+            ]
+            .into_iter()
+            .collect(),
+            timeouts: PhaseTimeouts::default(),
+            default_tools: parse_tools(DEFAULT_TOOLS).unwrap_or_default(),
+            enable_verification: false,
+            limits: Limits::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            heartbeat_timeout: Some(DEFAULT_HEARTBEAT_TIMEOUT),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            events: true,
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// The fallback chain of `role` (never empty after validation).
+    pub fn chain(&self, role: Role) -> &[Slot] {
+        self.chains.get(&role).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Parses a comma-separated list of slot names.
+///
+/// # Errors
+/// The first invalid name, or an empty list.
+pub fn parse_chain(s: &str) -> Result<Vec<Slot>, String> {
+    let slots = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<Slot>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if slots.is_empty() {
+        return Err("the chain is empty".into());
+    }
+    Ok(slots)
+}
+
+/// Parses a comma-separated list of tool names into roles.
+///
+/// # Errors
+/// The first unknown name.
+pub fn parse_tools(s: &str) -> Result<RoleSet, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| Role::from_tool(p).ok_or_else(|| format!("unknown tool `{p}`")))
+        .collect()
+}
+
+/// Coordinator flags.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "orch-coordinator",
+    version,
+    about = "Runs orch tasks: phase 1 (vision ‖ web), reasoning, optional verification, synthesis — over NATS workers."
+)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+    /// Reasoner fallback chain: slots tried in order.
+    #[arg(long, env = "ORCH_REASONER_CHAIN", default_value = DEFAULT_REASONER_CHAIN)]
+    pub reasoner_chain: String,
+    /// Verifier fallback chain: slots tried in order.
+    #[arg(long, env = "ORCH_VERIFIER_CHAIN", default_value = DEFAULT_VERIFIER_CHAIN)]
+    pub verifier_chain: String,
+    /// Vision slots tried in order.
+    #[arg(long, env = "ORCH_VISION_CHAIN", default_value = DEFAULT_SINGLE_CHAIN)]
+    pub vision_chain: String,
+    /// Web slots tried in order.
+    #[arg(long, env = "ORCH_WEB_CHAIN", default_value = DEFAULT_SINGLE_CHAIN)]
+    pub web_chain: String,
+    /// Phase 1 (vision ‖ web) time limit.
+    #[arg(long, env = "ORCH_PARALLEL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub parallel_timeout: Duration,
+    /// Phase 2 (reasoning) time limit across the whole chain.
+    #[arg(long, env = "ORCH_REASONING_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub reasoning_timeout: Duration,
+    /// Phase 3 (verification) time limit across the whole chain.
+    #[arg(long, env = "ORCH_VERIFICATION_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub verification_timeout: Duration,
+    /// Verify answers when a request does not say (the seed's `enable_verification`).
+    #[arg(long = "verify", env = "ORCH_VERIFY")]
+    pub enable_verification: bool,
+    /// Roles used when a request names no `tools`.
+    #[arg(long, env = "ORCH_DEFAULT_TOOLS", default_value = DEFAULT_TOOLS)]
+    pub default_tools: String,
+    /// Tasks run at once; more submits are refused with `overloaded`.
+    #[arg(long, env = "ORCH_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Worker silence (no heartbeat) after which an attempt is abandoned; `0` waits for the deadline.
+    #[arg(long, env = "ORCH_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+    /// After SIGTERM, how long running tasks may continue.
+    #[arg(long, env = "ORCH_DRAIN_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Largest accepted screenshot, in bytes.
+    #[arg(long, env = "ORCH_MAX_SCREENSHOT_BYTES", default_value_t = Limits::default().max_screenshot_bytes)]
+    pub max_screenshot_bytes: usize,
+    /// Largest accepted `task`, in bytes.
+    #[arg(long, env = "ORCH_MAX_TASK_BYTES", default_value_t = Limits::default().max_task_bytes)]
+    pub max_task_bytes: usize,
+    /// Do not publish task events.
+    #[arg(long, env = "ORCH_NO_EVENTS")]
+    pub no_events: bool,
+}
+
+impl CoordinatorArgs {
+    /// Validates every flag and builds the configuration.
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn to_config(&self) -> Result<CoordinatorConfig, orch_shared::config::ConfigError> {
+        let mut p = Problems::default();
+        self.nats.check(&mut p);
+        let mut chains = BTreeMap::new();
+        for (role, flag, value) in [
+            (Role::Vision, "--vision-chain", &self.vision_chain),
+            (Role::Web, "--web-chain", &self.web_chain),
+            (Role::Reasoner, "--reasoner-chain", &self.reasoner_chain),
+            (Role::Verifier, "--verifier-chain", &self.verifier_chain),
+        ] {
+            match parse_chain(value) {
+                Ok(c) => {
+                    chains.insert(role, c);
+                }
+                Err(e) => p.push(format!("{flag}: {e}")),
+            }
+        }
+        let default_tools = parse_tools(&self.default_tools).unwrap_or_else(|e| {
+            p.push(format!("--default-tools: {e}"));
+            RoleSet::EMPTY
+        });
+        for (flag, d) in [
+            ("--parallel-timeout", self.parallel_timeout),
+            ("--reasoning-timeout", self.reasoning_timeout),
+            ("--verification-timeout", self.verification_timeout),
+        ] {
+            p.require(!d.is_zero(), format!("{flag} must be positive"));
+        }
+        p.require(
+            (1..=1_000_000).contains(&self.max_in_flight),
+            format!(
+                "--max-in-flight must be 1..=1000000, got {}",
+                self.max_in_flight
+            ),
+        );
+        p.require(self.max_task_bytes > 0, "--max-task-bytes must be positive");
+        p.finish()?;
+        let limits = Limits {
+            max_screenshot_bytes: self.max_screenshot_bytes,
+            max_task_bytes: self.max_task_bytes,
+            ..Limits::default()
+        };
+        Ok(CoordinatorConfig {
+            chains,
+            timeouts: PhaseTimeouts {
+                parallel: self.parallel_timeout,
+                reasoning: self.reasoning_timeout,
+                verification: self.verification_timeout,
+            },
+            default_tools,
+            enable_verification: self.enable_verification,
+            limits,
+            max_in_flight: self.max_in_flight,
+            heartbeat_timeout: (!self.heartbeat_timeout.is_zero())
+                .then_some(self.heartbeat_timeout),
+            drain_timeout: self.drain_timeout,
+            events: !self.no_events,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let c = CoordinatorConfig::default();
+        let names = |r| c.chain(r).iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(Role::Reasoner), ["kimi_k2", "chatgpt", "local"]);
+        assert_eq!(names(Role::Verifier), ["chatgpt", "local"]);
+        assert_eq!(c.timeouts.parallel, Duration::from_secs(30));
+        assert_eq!(c.timeouts.reasoning, Duration::from_secs(60));
+        assert_eq!(c.timeouts.verification, Duration::from_secs(20));
+        assert!(!c.enable_verification);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let args = CoordinatorArgs::try_parse_from([
+            "orch-coordinator",
+            "--reasoner-chain",
+            "a.b",
+            "--default-tools",
+            "vision,telepathy",
+            "--max-in-flight",
+            "0",
+            "--reasoning-timeout",
+            "0s",
+        ])
+        .unwrap();
+        let e = args.to_config().unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+    }
+
+    #[test]
+    fn flags_build_a_config() {
+        let args = CoordinatorArgs::try_parse_from([
+            "orch-coordinator",
+            "--reasoner-chain",
+            "fast, slow",
+            "--verify",
+            "--heartbeat-timeout",
+            "0",
+        ])
+        .unwrap();
+        let c = args.to_config().unwrap();
+        assert_eq!(c.chain(Role::Reasoner).len(), 2);
+        assert!(c.enable_verification);
+        assert_eq!(c.heartbeat_timeout, None);
+    }
+}

@@ -1,0 +1,327 @@
+//! One attempt to one slot: publish a [`WorkRequest`] to
+//! `orch.v1.work.<role>.<slot>` and wait for the outcome, which is always one
+//! of a few typed cases the pipeline matches on ([`AttemptError`]).
+//!
+//! Replies come back through one wildcard inbox subscription per coordinator
+//! and are routed to the waiting attempt by token (a reply multiplexer). We do
+//! not use `Client::request` because an attempt must see *several* messages:
+//! workers send heartbeats to the reply inbox during long jobs, and silence
+//! longer than the heartbeat timeout means the worker died, so we fall back
+//! long before the attempt's deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, HeaderMap, Message, StatusCode};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use orch_shared::codec::{Encoding, error_from_reply};
+use orch_shared::wire::{WorkReply, WorkRequest};
+use orch_shared::{ErrorCode, Role, Slot, TaskId, headers, subjects};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Messages buffered per attempt: heartbeats are dropped rather than block the router.
+const PER_ATTEMPT_BUFFER: usize = 4;
+
+/// Why an attempt failed. The pipeline decides what to do by matching on this.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AttemptError {
+    /// No worker listens on the slot's subject (NATS answered 503 at once).
+    #[error("no responders")]
+    NoResponders,
+    /// The attempt's deadline passed.
+    #[error("timed out after {} ms", .after.as_millis())]
+    TimedOut {
+        /// The attempt's budget.
+        after: Duration,
+    },
+    /// The worker stopped heartbeating: presumed dead.
+    #[error("worker went silent (no heartbeat for {} ms)", .silent_for.as_millis())]
+    WorkerLost {
+        /// Silence observed.
+        silent_for: Duration,
+    },
+    /// The worker answered with an error.
+    #[error("{code}: {message}")]
+    Rejected {
+        /// Its code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// The worker's reply could not be decoded or did not fit the role's schema.
+    #[error("invalid_output: {0}")]
+    BadReply(String),
+    /// The request could not be sent (connection down, payload too large).
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The task was cancelled (coordinator shutting down past its drain deadline).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl AttemptError {
+    /// A short code for attempt records and stats.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AttemptError::NoResponders => "no_responders",
+            AttemptError::TimedOut { .. } => "timed_out",
+            AttemptError::WorkerLost { .. } => "worker_lost",
+            AttemptError::Rejected { code, .. } => code.as_str(),
+            AttemptError::BadReply(_) => "invalid_output",
+            AttemptError::Transport(_) => "transport",
+            AttemptError::Cancelled => "cancelled",
+        }
+    }
+
+    /// The error code a [`ModelResult`](orch_shared::wire::ModelResult) reports.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AttemptError::NoResponders | AttemptError::WorkerLost { .. } => ErrorCode::Unavailable,
+            AttemptError::TimedOut { .. } => ErrorCode::TimedOut,
+            AttemptError::Rejected { code, .. } => *code,
+            AttemptError::BadReply(_) => ErrorCode::InvalidOutput,
+            AttemptError::Transport(_) => ErrorCode::Internal,
+            AttemptError::Cancelled => ErrorCode::Cancelled,
+        }
+    }
+
+    /// Whether another copy of the *same* slot may succeed (the failure was
+    /// about one worker, not about the slot or the request).
+    pub fn worth_retrying_same_slot(&self) -> bool {
+        match self {
+            AttemptError::WorkerLost { .. } => true,
+            AttemptError::Rejected { code, .. } => code.is_retryable_elsewhere(),
+            _ => false,
+        }
+    }
+}
+
+/// What one attempt needs besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptLimits {
+    /// The attempt's own budget (its deadline is `now + budget` when sent).
+    pub budget: Duration,
+    /// Silence that counts as a dead worker.
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+struct Inner {
+    client: Client,
+    prefix: String,
+    pending: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    next: AtomicU64,
+    instance: String,
+}
+
+/// Sends attempts and routes their replies. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+/// Removes an attempt's routing entry however the attempt ends.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.inner.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Subscribes the reply inbox and starts the router on `tracker`. The
+    /// router stops when `stop` is cancelled.
+    ///
+    /// # Errors
+    /// When the inbox subscription fails.
+    pub async fn start(
+        client: Client,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Dispatcher, async_nats::SubscribeError> {
+        let prefix = client.new_inbox();
+        let mut sub = client.subscribe(format!("{prefix}.*")).await?;
+        let instance = prefix
+            .rsplit('.')
+            .next()
+            .unwrap_or("coordinator")
+            .to_string();
+        let inner = Arc::new(Inner {
+            client,
+            prefix,
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            instance,
+        });
+        let router = inner.clone();
+        tracker.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    () = stop.cancelled() => break,
+                    m = sub.next() => match m { Some(m) => m, None => break },
+                };
+                let Some(id) = msg
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let tx = router.pending.lock().ok().and_then(|p| p.get(&id).cloned());
+                if let Some(tx) = tx {
+                    // A full buffer only ever holds heartbeats; dropping one is harmless.
+                    let _ = tx.try_send(msg);
+                }
+            }
+            let _ = sub.unsubscribe().await;
+        });
+        Ok(Dispatcher { inner })
+    }
+
+    /// The id prefix of request ids this dispatcher sends (for logs).
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Attempts in flight.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Sends `request` to `role`/`slot` and waits for its outcome.
+    ///
+    /// # Errors
+    /// Every failure, typed: see [`AttemptError`].
+    pub async fn attempt(
+        &self,
+        task_id: &TaskId,
+        role: Role,
+        slot: &Slot,
+        payload: Bytes,
+        limits: AttemptLimits,
+    ) -> Result<WorkReply, AttemptError> {
+        let inner = &*self.inner;
+        let id = inner.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(PER_ATTEMPT_BUFFER);
+        if let Ok(mut p) = inner.pending.lock() {
+            p.insert(id, tx);
+        }
+        let _guard = PendingGuard { inner, id };
+        let request_id = format!("{}-{id}", inner.instance);
+        let budget = limits.budget;
+        let deadline = Instant::now() + budget;
+        let mut h = HeaderMap::new();
+        h.insert(headers::CONTENT_TYPE, Encoding::MsgPack.mime());
+        h.insert(
+            headers::ORCH_BUDGET_MS,
+            budget.as_millis().to_string().as_str(),
+        );
+        h.insert(headers::ORCH_REQUEST_ID, request_id.as_str());
+        h.insert(headers::ORCH_TASK_ID, task_id.as_str());
+        let subject = subjects::work(role, slot);
+        inner
+            .client
+            .publish_with_reply_and_headers(subject, format!("{}.{id}", inner.prefix), h, payload)
+            .await
+            .map_err(|e| AttemptError::Transport(e.to_string()))?;
+
+        let mut last_heard = Instant::now();
+        loop {
+            let silence_deadline = limits
+                .heartbeat_timeout
+                .map(|t| last_heard + t)
+                .filter(|d| *d < deadline);
+            let wake = silence_deadline.unwrap_or(deadline);
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let err = if silence_deadline.is_some() {
+                        AttemptError::WorkerLost { silent_for: last_heard.elapsed() }
+                    } else {
+                        AttemptError::TimedOut { after: budget }
+                    };
+                    self.cancel(role, slot, &request_id).await;
+                    return Err(err);
+                }
+            };
+            let Some(msg) = msg else {
+                return Err(AttemptError::Transport("reply router stopped".into()));
+            };
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                return Err(AttemptError::NoResponders);
+            }
+            let hdrs = msg.headers.as_ref();
+            if hdrs
+                .and_then(|h| h.get(headers::ORCH_KIND))
+                .is_some_and(|k| k.as_str() == headers::KIND_HEARTBEAT)
+            {
+                last_heard = Instant::now();
+                continue;
+            }
+            return match decode_reply(&msg) {
+                // The worker's clock ran out a hair before ours: same event, one wording.
+                Err(AttemptError::Rejected {
+                    code: ErrorCode::TimedOut,
+                    ..
+                }) => Err(AttemptError::TimedOut { after: budget }),
+                other => other,
+            };
+        }
+    }
+
+    /// Best-effort cancellation of an abandoned attempt, so the worker stops
+    /// (and aborts its model call) instead of finishing work nobody waits for.
+    async fn cancel(&self, role: Role, slot: &Slot, request_id: &str) {
+        let subject = subjects::cancel(role, slot);
+        if let Err(e) = self
+            .inner
+            .client
+            .publish(subject, Bytes::copy_from_slice(request_id.as_bytes()))
+            .await
+        {
+            tracing::debug!(error = %e, "cancel publish failed");
+        }
+    }
+}
+
+fn decode_reply(msg: &Message) -> Result<WorkReply, AttemptError> {
+    if let Some(err) = error_from_reply(msg.headers.as_ref(), &msg.payload) {
+        return Err(AttemptError::Rejected {
+            code: err.error.code,
+            message: err.error.message,
+        });
+    }
+    if let Some(status) = msg.status
+        && status != StatusCode::OK
+    {
+        return Err(AttemptError::Transport(format!(
+            "NATS status {status}: {}",
+            msg.description.as_deref().unwrap_or("")
+        )));
+    }
+    let enc = Encoding::from_headers(msg.headers.as_ref())
+        .map_err(|e| AttemptError::BadReply(e.message))?;
+    enc.decode::<WorkReply>(&msg.payload)
+        .map_err(|e| AttemptError::BadReply(e.message))
+}
+
+/// Encodes a work request for the wire (MessagePack: compact, binary screenshots).
+///
+/// # Errors
+/// Only for unencodable values.
+pub fn encode_request(req: &WorkRequest) -> Result<Bytes, AttemptError> {
+    Encoding::MsgPack
+        .encode(req)
+        .map_err(|e| AttemptError::Transport(e.to_string()))
+}

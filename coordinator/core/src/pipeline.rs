@@ -1,0 +1,689 @@
+//! The seed's pipeline: phase 1 (vision ‖ web, in parallel), phase 2
+//! (reasoning), phase 3 (optional verification), phase 4 (synthesis).
+//!
+//! Each role runs down its **fallback chain** of slots. An attempt ends early
+//! on no-responders, an error reply or a silent worker, and otherwise at its
+//! own deadline, which is carved from what is left of the phase budget:
+//! `remaining / slots_left`. So a hung primary cannot eat the whole phase, and
+//! a slot with no workers costs about a millisecond. A failure that was about
+//! one worker rather than the slot (`overloaded`, `shutting_down`, a worker
+//! gone silent) is retried once on the same slot, where the queue group picks
+//! another copy. Every failed attempt is recorded in `fallback_chain`,
+//! `attempts`, the stats and a `fallback` event.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use orch_shared::role::RoleSet;
+use orch_shared::wire::{
+    Attempt, EventKind, ModelResult, OrchestratedResult, Phase, Plan, SubmitRequest, Verdict,
+    VisionAnalysis, WebFindings, WorkReply, WorkRequest,
+};
+use orch_shared::{Blob, ErrorBody, ErrorCode, Role, Slot, TaskId};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CoordinatorConfig, PhaseTimeouts};
+use crate::dispatch::{AttemptError, AttemptLimits, Dispatcher, encode_request};
+use crate::events::EventSink;
+use crate::synthesis;
+
+/// A validated task with every default applied.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// The task's id.
+    pub task_id: TaskId,
+    /// The task text.
+    pub task: String,
+    /// Roles that will run (vision only when there is a screenshot, verifier only when verifying).
+    pub roles: RoleSet,
+    /// Tools a plan may use.
+    pub available_tools: Vec<String>,
+    /// Extra context.
+    pub context: Option<String>,
+    /// Screenshot for vision.
+    pub screenshot: Option<Blob>,
+    /// Query for web.
+    pub web_query: String,
+    /// Per-phase limits.
+    pub timeouts: PhaseTimeouts,
+}
+
+impl TaskSpec {
+    /// Validates a request and applies the coordinator's defaults.
+    ///
+    /// Role selection: `tools` if given, else the configured default set.
+    /// Verification runs when `verify` says so; when `verify` is omitted it runs
+    /// if `tools` names the verifier, else per the coordinator's `--verify`.
+    /// Vision runs only with a screenshot.
+    ///
+    /// # Errors
+    /// The error body to reply with.
+    pub fn from_request(
+        req: SubmitRequest,
+        cfg: &CoordinatorConfig,
+    ) -> Result<TaskSpec, ErrorBody> {
+        req.validate(&cfg.limits)?;
+        let requested = req.roles()?;
+        let mut roles = requested.unwrap_or(cfg.default_tools);
+        let verify = req.verify.unwrap_or_else(|| {
+            requested.is_some_and(|r| r.contains(Role::Verifier)) || cfg.enable_verification
+        });
+        if verify {
+            roles.insert(Role::Verifier);
+        } else {
+            roles.remove(Role::Verifier);
+        }
+        if req.screenshot.is_none() {
+            roles.remove(Role::Vision);
+        }
+        if roles.contains(Role::Verifier) && !roles.contains(Role::Reasoner) {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                "verification needs the reasoner (there is no answer to verify); add `reasoner` to `tools`",
+            ));
+        }
+        if roles.is_empty() {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                "nothing to run: `tools` selects only vision and there is no screenshot",
+            ));
+        }
+        let task_id = match &req.task_id {
+            Some(id) => id.parse().map_err(|e: orch_shared::ids::InvalidId| {
+                ErrorBody::new(ErrorCode::InvalidRequest, e.to_string())
+            })?,
+            None => TaskId::generate(),
+        };
+        let t = req.timeouts.unwrap_or_default();
+        let ms = Duration::from_millis;
+        Ok(TaskSpec {
+            task_id,
+            web_query: req
+                .web_search_query
+                .clone()
+                .unwrap_or_else(|| req.task.clone()),
+            task: req.task,
+            roles,
+            available_tools: req.available_tools,
+            context: req.context,
+            screenshot: req.screenshot,
+            timeouts: PhaseTimeouts {
+                parallel: t.parallel_ms.map_or(cfg.timeouts.parallel, ms),
+                reasoning: t.reasoning_ms.map_or(cfg.timeouts.reasoning, ms),
+                verification: t.verification_ms.map_or(cfg.timeouts.verification, ms),
+            },
+        })
+    }
+}
+
+/// Runs tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    dispatcher: Dispatcher,
+    events: EventSink,
+    config: std::sync::Arc<CoordinatorConfig>,
+    /// Cancelled when the coordinator stops waiting for tasks (drain deadline).
+    hard_stop: CancellationToken,
+}
+
+/// The outcome of one role down its chain.
+struct RoleRun {
+    result: ModelResult,
+    reply_content: Option<Value>,
+    attempts: Vec<(f64, Attempt)>,
+    failures: Vec<(f64, String)>,
+}
+
+impl Pipeline {
+    /// A pipeline dispatching through `dispatcher`.
+    pub fn new(
+        dispatcher: Dispatcher,
+        events: EventSink,
+        config: std::sync::Arc<CoordinatorConfig>,
+        hard_stop: CancellationToken,
+    ) -> Pipeline {
+        Pipeline {
+            dispatcher,
+            events,
+            config,
+            hard_stop,
+        }
+    }
+
+    /// Runs all phases of one task and synthesizes its result.
+    pub async fn run(&self, spec: TaskSpec) -> OrchestratedResult {
+        let started = Instant::now();
+        let id = &spec.task_id;
+        self.events
+            .emit(
+                id,
+                EventKind::ActionStart,
+                json!({
+                    "task": spec.task,
+                    "roles": spec.roles.iter().map(Role::as_str).collect::<Vec<_>>(),
+                    "timeouts_ms": {
+                        "parallel": spec.timeouts.parallel.as_millis() as u64,
+                        "reasoning": spec.timeouts.reasoning.as_millis() as u64,
+                        "verification": spec.timeouts.verification.as_millis() as u64,
+                    },
+                }),
+            )
+            .await;
+
+        let mut runs: BTreeMap<Role, RoleRun> = BTreeMap::new();
+
+        // ---- Phase 1: vision ‖ web ----
+        let p1: Vec<Role> = [Role::Vision, Role::Web]
+            .into_iter()
+            .filter(|r| spec.roles.contains(*r))
+            .collect();
+        if !p1.is_empty() {
+            let phase_start = self.phase_started(&spec, Phase::Parallel, &p1).await;
+            let deadline = Instant::now() + spec.timeouts.parallel;
+            let vision = async {
+                if spec.roles.contains(Role::Vision) {
+                    let req = self.work_request(&spec, Role::Vision);
+                    Some(
+                        self.run_chain(&spec, started, Role::Vision, req, deadline)
+                            .await,
+                    )
+                } else {
+                    None
+                }
+            };
+            let web = async {
+                if spec.roles.contains(Role::Web) {
+                    let mut req = self.work_request(&spec, Role::Web);
+                    req.query = Some(spec.web_query.clone());
+                    Some(
+                        self.run_chain(&spec, started, Role::Web, req, deadline)
+                            .await,
+                    )
+                } else {
+                    None
+                }
+            };
+            let (v, w) = tokio::join!(vision, web);
+            for (role, run) in [(Role::Vision, v), (Role::Web, w)] {
+                if let Some(run) = run {
+                    runs.insert(role, run);
+                }
+            }
+            self.phase_completed(&spec, Phase::Parallel, phase_start, &runs, &p1)
+                .await;
+        }
+        let vision: Option<VisionAnalysis> = parsed(&runs, Role::Vision);
+        let web: Option<WebFindings> = parsed(&runs, Role::Web);
+
+        // ---- Phase 2: reasoning ----
+        let mut plan: Option<Plan> = None;
+        if spec.roles.contains(Role::Reasoner) {
+            let phase_start = self
+                .phase_started(&spec, Phase::Reasoning, &[Role::Reasoner])
+                .await;
+            let deadline = Instant::now() + spec.timeouts.reasoning;
+            let mut req = self.work_request(&spec, Role::Reasoner);
+            req.vision = vision.clone();
+            req.web = web.clone();
+            let run = self
+                .run_chain(&spec, started, Role::Reasoner, req, deadline)
+                .await;
+            runs.insert(Role::Reasoner, run);
+            plan = parsed(&runs, Role::Reasoner);
+            self.phase_completed(
+                &spec,
+                Phase::Reasoning,
+                phase_start,
+                &runs,
+                &[Role::Reasoner],
+            )
+            .await;
+        }
+
+        // ---- Phase 3: verification ----
+        let mut verdict: Option<Verdict> = None;
+        if spec.roles.contains(Role::Verifier)
+            && let Some(answer) = &plan
+        {
+            let phase_start = self
+                .phase_started(&spec, Phase::Verification, &[Role::Verifier])
+                .await;
+            let deadline = Instant::now() + spec.timeouts.verification;
+            let mut req = self.work_request(&spec, Role::Verifier);
+            req.vision = vision.clone();
+            req.web = web.clone();
+            req.answer = Some(answer.clone());
+            let run = self
+                .run_chain(&spec, started, Role::Verifier, req, deadline)
+                .await;
+            runs.insert(Role::Verifier, run);
+            verdict = parsed(&runs, Role::Verifier);
+            self.phase_completed(
+                &spec,
+                Phase::Verification,
+                phase_start,
+                &runs,
+                &[Role::Verifier],
+            )
+            .await;
+        }
+
+        // ---- Phase 4: synthesis ----
+        let outcome = synthesis::synthesize(synthesis::Inputs {
+            reasoner_requested: spec.roles.contains(Role::Reasoner),
+            plan: plan.as_ref(),
+            verdict: verdict.as_ref(),
+            vision: vision.as_ref(),
+            available_tools: &spec.available_tools,
+        });
+        for c in &outcome.conflicts {
+            self.events
+                .emit(id, EventKind::Conflict, json!({ "conflict": c }))
+                .await;
+        }
+        let result = assemble(&spec, started, runs, plan.is_some(), outcome);
+        let (kind, details) =
+            if result.primary_answer.is_some() || !spec.roles.contains(Role::Reasoner) {
+                (
+                    EventKind::ActionComplete,
+                    json!({
+                        "confidence": result.confidence,
+                        "models_used": result.models_used,
+                        "conflicts": result.conflicts.len(),
+                        "fallbacks": result.fallback_chain.len(),
+                        "execution_time_ms": result.execution_time_ms,
+                    }),
+                )
+            } else {
+                (
+                    EventKind::ActionFailed,
+                    json!({
+                        "reason": "every reasoner slot failed",
+                        "fallback_chain": result.fallback_chain,
+                        "execution_time_ms": result.execution_time_ms,
+                    }),
+                )
+            };
+        self.events.emit(id, kind, details).await;
+        result
+    }
+
+    fn work_request(&self, spec: &TaskSpec, role: Role) -> WorkRequest {
+        WorkRequest {
+            task_id: spec.task_id.clone(),
+            role,
+            slot: Slot::default_slot(),
+            task: spec.task.clone(),
+            context: spec.context.clone(),
+            available_tools: spec.available_tools.clone(),
+            screenshot: if role == Role::Vision {
+                spec.screenshot.clone()
+            } else {
+                None
+            },
+            query: None,
+            vision: None,
+            web: None,
+            answer: None,
+        }
+    }
+
+    async fn phase_started(&self, spec: &TaskSpec, phase: Phase, roles: &[Role]) -> Instant {
+        self.events
+            .emit(
+                &spec.task_id,
+                EventKind::PhaseStarted,
+                json!({ "phase": phase.as_str(), "roles": roles }),
+            )
+            .await;
+        Instant::now()
+    }
+
+    async fn phase_completed(
+        &self,
+        spec: &TaskSpec,
+        phase: Phase,
+        started: Instant,
+        runs: &BTreeMap<Role, RoleRun>,
+        roles: &[Role],
+    ) {
+        let (ok, failed): (Vec<Role>, Vec<Role>) = roles
+            .iter()
+            .copied()
+            .filter(|r| runs.contains_key(r))
+            .partition(|r| runs[r].result.success);
+        self.events
+            .emit(
+                &spec.task_id,
+                EventKind::PhaseCompleted,
+                json!({
+                    "phase": phase.as_str(),
+                    "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+                    "succeeded": ok,
+                    "failed": failed,
+                }),
+            )
+            .await;
+    }
+
+    /// Runs one role down its fallback chain within `deadline`.
+    async fn run_chain(
+        &self,
+        spec: &TaskSpec,
+        task_started: Instant,
+        role: Role,
+        mut req: WorkRequest,
+        deadline: Instant,
+    ) -> RoleRun {
+        let chain = self.config.chain(role).to_vec();
+        let role_started = Instant::now();
+        let offset = |t: Instant| t.duration_since(task_started).as_secs_f64() * 1000.0;
+        let mut attempts = Vec::new();
+        let mut failures: Vec<(f64, String)> = Vec::new();
+        let mut last_error: Option<AttemptError> = None;
+        let mut last_slot = chain.first().cloned().unwrap_or_else(Slot::default_slot);
+
+        'slots: for (i, slot) in chain.iter().enumerate() {
+            let mut retried = false;
+            loop {
+                let now = Instant::now();
+                let remaining = deadline.saturating_duration_since(now);
+                if remaining.is_zero() {
+                    for skipped in &chain[i..] {
+                        attempts.push((
+                            offset(now),
+                            Attempt {
+                                role,
+                                slot: skipped.clone(),
+                                outcome: "skipped".into(),
+                                error: Some(
+                                    "phase time limit reached before this slot was tried".into(),
+                                ),
+                                latency_ms: 0.0,
+                                budget_ms: 0,
+                            },
+                        ));
+                    }
+                    break 'slots;
+                }
+                let slots_left = (chain.len() - i) as f64;
+                // Whole milliseconds (rounded): budgets travel in ms, and a reader
+                // should see "1000 ms", not "999 ms", for a third of 3 s.
+                let budget = Duration::from_millis(
+                    ((remaining.as_secs_f64() * 1000.0 / slots_left).round() as u64).max(1),
+                );
+                last_slot = slot.clone();
+                req.slot = slot.clone();
+                self.events
+                    .emit(
+                        &spec.task_id,
+                        EventKind::ModelAttempt,
+                        json!({
+                            "role": role, "slot": slot, "attempt": attempts.len() + 1,
+                            "budget_ms": budget.as_millis() as u64,
+                        }),
+                    )
+                    .await;
+                let attempt_start = Instant::now();
+                let outcome = match encode_request(&req) {
+                    Ok(payload) => {
+                        let limits = AttemptLimits {
+                            budget,
+                            heartbeat_timeout: self.config.heartbeat_timeout,
+                        };
+                        tokio::select! {
+                            r = self.dispatcher.attempt(&spec.task_id, role, slot, payload, limits) => r,
+                            () = self.hard_stop.cancelled() => Err(AttemptError::Cancelled),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                let outcome = outcome.and_then(|reply| validate(role, reply));
+                let latency_ms = attempt_start.elapsed().as_secs_f64() * 1000.0;
+                match outcome {
+                    Ok(reply) => {
+                        attempts.push((
+                            offset(attempt_start),
+                            Attempt {
+                                role,
+                                slot: slot.clone(),
+                                outcome: "ok".into(),
+                                error: None,
+                                latency_ms,
+                                budget_ms: budget.as_millis() as u64,
+                            },
+                        ));
+                        let finished = Instant::now();
+                        return RoleRun {
+                            result: ModelResult {
+                                role,
+                                slot: slot.clone(),
+                                provider: reply.provider,
+                                model: reply.model,
+                                success: true,
+                                content: reply.content.clone(),
+                                error: None,
+                                error_code: None,
+                                latency_ms: finished.duration_since(role_started).as_secs_f64()
+                                    * 1000.0,
+                                usage: reply.usage,
+                                started_ms: offset(role_started),
+                                finished_ms: offset(finished),
+                            },
+                            reply_content: Some(reply.content),
+                            attempts,
+                            failures,
+                        };
+                    }
+                    Err(err) => {
+                        let entry = format!("{role}/{slot}: {err}");
+                        tracing::info!(task_id = %spec.task_id, %role, %slot, error = %err, "attempt failed");
+                        attempts.push((
+                            offset(attempt_start),
+                            Attempt {
+                                role,
+                                slot: slot.clone(),
+                                outcome: err.code().to_string(),
+                                error: Some(err.to_string()),
+                                latency_ms,
+                                budget_ms: budget.as_millis() as u64,
+                            },
+                        ));
+                        failures.push((offset(attempt_start), entry.clone()));
+                        let retry_same = !retried && err.worth_retrying_same_slot();
+                        let next = if retry_same {
+                            Some(slot.to_string())
+                        } else {
+                            chain.get(i + 1).map(ToString::to_string)
+                        };
+                        self.events
+                            .emit(
+                                &spec.task_id,
+                                EventKind::Fallback,
+                                json!({
+                                    "role": role, "slot": slot, "error_code": err.code(),
+                                    "error": err.to_string(), "next_slot": next,
+                                }),
+                            )
+                            .await;
+                        let cancelled = err == AttemptError::Cancelled;
+                        last_error = Some(err);
+                        if cancelled {
+                            break 'slots;
+                        }
+                        if retry_same {
+                            retried = true;
+                            continue;
+                        }
+                        continue 'slots;
+                    }
+                }
+            }
+        }
+
+        let finished = Instant::now();
+        let summary = if failures.is_empty() {
+            "phase time limit reached before any slot was tried".to_string()
+        } else {
+            failures
+                .iter()
+                .map(|(_, f)| f.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        RoleRun {
+            result: ModelResult {
+                role,
+                slot: last_slot,
+                provider: String::new(),
+                model: String::new(),
+                success: false,
+                content: Value::Null,
+                error: Some(summary),
+                error_code: Some(last_error.map_or(ErrorCode::TimedOut, |e| e.error_code())),
+                latency_ms: finished.duration_since(role_started).as_secs_f64() * 1000.0,
+                usage: None,
+                started_ms: offset(role_started),
+                finished_ms: offset(finished),
+            },
+            reply_content: None,
+            attempts,
+            failures,
+        }
+    }
+}
+
+/// Checks that a reply's content has the role's shape; anything else is a failed attempt.
+fn validate(role: Role, reply: WorkReply) -> Result<WorkReply, AttemptError> {
+    fn check<T: DeserializeOwned>(v: &Value) -> Result<(), String> {
+        serde_json::from_value::<T>(v.clone())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    let r = match role {
+        Role::Vision => check::<VisionAnalysis>(&reply.content),
+        Role::Web => check::<WebFindings>(&reply.content),
+        Role::Reasoner => check::<Plan>(&reply.content),
+        Role::Verifier => check::<Verdict>(&reply.content),
+    };
+    r.map(|()| reply).map_err(|e| {
+        AttemptError::BadReply(format!("{role} output does not match its schema: {e}"))
+    })
+}
+
+fn parsed<T: DeserializeOwned>(runs: &BTreeMap<Role, RoleRun>, role: Role) -> Option<T> {
+    runs.get(&role)
+        .and_then(|r| r.reply_content.as_ref())
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+fn assemble(
+    spec: &TaskSpec,
+    started: Instant,
+    runs: BTreeMap<Role, RoleRun>,
+    has_plan: bool,
+    outcome: synthesis::Outcome,
+) -> OrchestratedResult {
+    let mut attempts = Vec::new();
+    let mut failures = Vec::new();
+    let mut model_results = BTreeMap::new();
+    for (role, run) in runs {
+        attempts.extend(run.attempts);
+        failures.extend(run.failures);
+        model_results.insert(role, run.result);
+    }
+    // Phase-1 chains interleave: order everything by when it started.
+    attempts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    failures.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut models_used: Vec<String> = model_results
+        .values()
+        .filter(|m| m.success && !m.model.is_empty())
+        .map(|m| m.model.clone())
+        .collect();
+    models_used.sort();
+    models_used.dedup();
+    let primary_answer = if has_plan {
+        model_results
+            .get(&Role::Reasoner)
+            .map(|m| m.content.clone())
+    } else {
+        None
+    };
+    OrchestratedResult {
+        task_id: spec.task_id.to_string(),
+        task: spec.task.clone(),
+        primary_answer,
+        model_results,
+        confidence: outcome.confidence,
+        conflicts: outcome.conflicts,
+        execution_time_ms: started.elapsed().as_secs_f64() * 1000.0,
+        models_used,
+        fallback_chain: failures.into_iter().map(|(_, f)| f).collect(),
+        attempts: attempts.into_iter().map(|(_, a)| a).collect(),
+        trace_id: None,
+        cached: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CoordinatorConfig {
+        CoordinatorConfig::default()
+    }
+
+    fn spec(v: Value) -> Result<TaskSpec, ErrorBody> {
+        TaskSpec::from_request(serde_json::from_value(v).unwrap(), &cfg())
+    }
+
+    #[test]
+    fn default_roles_and_vision_needs_a_screenshot() {
+        let s = spec(json!({"task": "t"})).unwrap();
+        assert_eq!(
+            s.roles.iter().collect::<Vec<_>>(),
+            vec![Role::Web, Role::Reasoner]
+        );
+        let s = spec(json!({"task": "t", "screenshot": "iVBO"})).unwrap();
+        assert!(s.roles.contains(Role::Vision));
+        assert_eq!(s.web_query, "t");
+    }
+
+    #[test]
+    fn verification_selection() {
+        assert!(
+            !spec(json!({"task": "t"}))
+                .unwrap()
+                .roles
+                .contains(Role::Verifier)
+        );
+        assert!(
+            spec(json!({"task": "t", "verify": true}))
+                .unwrap()
+                .roles
+                .contains(Role::Verifier)
+        );
+        let s = spec(json!({"task": "t", "tools": ["kimi_k2", "chatgpt"]})).unwrap();
+        assert!(s.roles.contains(Role::Verifier));
+        let s =
+            spec(json!({"task": "t", "tools": ["kimi_k2", "chatgpt"], "verify": false})).unwrap();
+        assert!(!s.roles.contains(Role::Verifier));
+        let e = spec(json!({"task": "t", "tools": ["chatgpt"]})).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn per_request_timeouts_override_defaults() {
+        let s = spec(json!({"task": "t", "timeouts": {"reasoning_ms": 1500}})).unwrap();
+        assert_eq!(s.timeouts.reasoning, Duration::from_millis(1500));
+        assert_eq!(s.timeouts.parallel, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn only_vision_without_screenshot_is_refused() {
+        let e = spec(json!({"task": "t", "tools": ["vision"]})).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InvalidRequest);
+    }
+}

@@ -1,0 +1,25 @@
+//! Everything every orch process and every client needs, and nothing more:
+//! roles and slots, NATS subject names, wire types, the JSON/MessagePack codec,
+//! error codes, NATS connection options, telemetry setup and shutdown signals.
+//!
+//! This crate never depends on the coordinator or the workers, so a client
+//! (or a worker written by someone else) can depend on it alone.
+#![forbid(unsafe_code)]
+
+pub mod blob;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod ids;
+pub mod role;
+pub mod schema;
+pub mod shutdown;
+pub mod subjects;
+pub mod telemetry;
+pub mod wire;
+
+pub use blob::Blob;
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use ids::{Slot, TaskId};
+pub use role::Role;

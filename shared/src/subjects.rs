@@ -1,0 +1,83 @@
+//! Every NATS subject the fleet uses, built only here.
+//!
+//! Layout (all under the `orch.v1` prefix so a v2 can run beside it):
+//!
+//! | subject                              | who publishes     | who listens              |
+//! |--------------------------------------|-------------------|--------------------------|
+//! | `orch.v1.submit`                     | clients           | coordinators (queue)     |
+//! | `orch.v1.stats`                      | clients           | coordinators (queue)     |
+//! | `orch.v1.work.<role>.<slot>`         | coordinators      | workers (queue per slot) |
+//! | `orch.v1.cancel.<role>.<slot>`       | coordinators      | every worker of the slot |
+//! | `orch.v1.events.<task_id>.<kind>`    | coordinators      | anyone                   |
+
+use crate::ids::{Slot, TaskId};
+use crate::role::Role;
+use crate::wire::EventKind;
+
+/// Common prefix of every subject.
+pub const PREFIX: &str = "orch.v1";
+/// Request/reply task submission.
+pub const SUBMIT: &str = "orch.v1.submit";
+/// Request/reply statistics.
+pub const STATS: &str = "orch.v1.stats";
+/// Every event of every task (a subscription wildcard).
+pub const EVENTS_ALL: &str = "orch.v1.events.>";
+
+/// Queue group shared by all coordinators, so each submit is handled once.
+pub const COORDINATOR_QUEUE: &str = "orch-coordinator";
+
+/// The subject a worker of `role` serving `slot` listens on.
+pub fn work(role: Role, slot: &Slot) -> String {
+    format!("{PREFIX}.work.{}.{}", role.as_str(), slot.as_str())
+}
+
+/// The queue group of workers serving `role`/`slot`: all copies share the load.
+pub fn work_queue(role: Role, slot: &Slot) -> String {
+    format!("orch-{}-{}", role.as_str(), slot.as_str())
+}
+
+/// Where coordinators broadcast cancellations for `role`/`slot` (every copy listens).
+pub fn cancel(role: Role, slot: &Slot) -> String {
+    format!("{PREFIX}.cancel.{}.{}", role.as_str(), slot.as_str())
+}
+
+/// The subject of one event of one task.
+pub fn event(task_id: &TaskId, kind: EventKind) -> String {
+    format!("{PREFIX}.events.{}.{}", task_id.as_str(), kind.as_str())
+}
+
+/// Every event of one task (a subscription wildcard).
+pub fn task_events(task_id: &TaskId) -> String {
+    format!("{PREFIX}.events.{}.>", task_id.as_str())
+}
+
+/// Parses `orch.v1.work.<role>.<slot>` back into its parts.
+pub fn parse_work(subject: &str) -> Option<(Role, Slot)> {
+    let rest = subject.strip_prefix(PREFIX)?.strip_prefix(".work.")?;
+    let (role, slot) = rest.split_once('.')?;
+    Some((role.parse().ok()?, slot.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_subjects_round_trip() {
+        let slot: Slot = "kimi_k2".parse().unwrap();
+        let s = work(Role::Reasoner, &slot);
+        assert_eq!(s, "orch.v1.work.reasoner.kimi_k2");
+        assert_eq!(parse_work(&s), Some((Role::Reasoner, slot)));
+        assert_eq!(parse_work("orch.v1.work.nope.x"), None);
+    }
+
+    #[test]
+    fn event_subjects() {
+        let id: TaskId = "t1".parse().unwrap();
+        assert_eq!(
+            event(&id, EventKind::ActionStart),
+            "orch.v1.events.t1.action_start"
+        );
+        assert_eq!(task_events(&id), "orch.v1.events.t1.>");
+    }
+}

@@ -1,0 +1,18 @@
+//! The runtime every orch worker shares: the [`Handler`] trait a role
+//! implements, the NATS serve loop ([`serve`]) with bounded concurrency,
+//! heartbeats, cancellation and graceful drain, the common flags
+//! ([`WorkerArgs`]), and the documented simulator ([`sim`]).
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod error;
+pub mod handler;
+pub mod metrics;
+pub mod run;
+pub mod serve;
+pub mod sim;
+
+pub use args::WorkerArgs;
+pub use error::WorkError;
+pub use handler::{Handler, JobContext, Output, ProviderInfo};
+pub use serve::{ServeConfig, serve};

@@ -1,0 +1,524 @@
+//! The serve loop: one NATS micro service per worker process, one endpoint on
+//! `orch.v1.work.<role>.<slot>` in the slot's queue group, so N copies share
+//! the load and `$SRV.PING/INFO/STATS` discovery works.
+//!
+//! Per request: decode once at the edge, check the budget, wait (bounded) for
+//! a concurrency permit, run the handler under the deadline while sending
+//! heartbeats to the reply inbox, and answer with a [`WorkReply`] or a typed
+//! error. Nothing a peer sends can panic the loop.
+//!
+//! Shutdown: stop the endpoint (no new work), answer requests still buffered
+//! with `shutting_down` (the coordinator retries them on another copy), let
+//! in-flight jobs finish within the drain deadline, cancel the rest, flush.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::service::{self, ServiceExt as _};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use orch_shared::codec::{Encoding, header_safe};
+use orch_shared::wire::{WorkReply, WorkRequest};
+use orch_shared::{ErrorCode, Slot, headers, subjects};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::WorkError;
+use crate::handler::{Handler, JobContext, Output};
+use crate::metrics::WorkerMetrics;
+
+/// How a worker serves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The slot served (part of the subject).
+    pub slot: Slot,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Jobs accepted beyond `concurrency` that wait for a permit; more are refused with `overloaded`.
+    pub max_queue: usize,
+    /// How long in-flight jobs may run after a shutdown signal.
+    pub drain_timeout: Duration,
+    /// Interval of progress heartbeats to the reply inbox.
+    pub heartbeat_interval: Duration,
+    /// Budget assumed when a request carries no `Orch-Budget-Ms` header.
+    pub default_budget: Duration,
+    /// Requests with less budget than this are refused with `deadline_too_short`.
+    pub min_budget: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults for `slot`: see [`crate::args`] for the reasoning behind each value.
+    pub fn new(slot: Slot) -> ServeConfig {
+        ServeConfig {
+            slot,
+            concurrency: 4,
+            max_queue: 64,
+            drain_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(1),
+            default_budget: Duration::from_secs(60),
+            min_budget: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Why serving stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The micro service or its endpoint could not be registered.
+    #[error("starting NATS service `{name}`: {message}")]
+    Start {
+        /// Service name.
+        name: String,
+        /// Client error.
+        message: String,
+    },
+    /// Subscribing failed.
+    #[error("subscribing to {subject}: {source}")]
+    Subscribe {
+        /// Subject.
+        subject: String,
+        /// Client error.
+        source: async_nats::SubscribeError,
+    },
+    /// The work subscription ended without a shutdown (connection closed for good).
+    #[error("the work subscription on {0} ended unexpectedly (NATS connection closed?)")]
+    SubscriptionClosed(String),
+}
+
+/// What happened during a serve run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeReport {
+    /// Jobs answered successfully.
+    pub completed: u64,
+    /// Jobs answered with an error.
+    pub failed: u64,
+    /// Jobs still running when the drain deadline passed (cancelled).
+    pub cancelled_at_drain: usize,
+}
+
+struct Shared {
+    client: Client,
+    handler: Arc<dyn Handler>,
+    cfg: ServeConfig,
+    metrics: Arc<WorkerMetrics>,
+    permits: Semaphore,
+    worker_id: String,
+    /// Request id → the job's cancellation token, for `orch.v1.cancel.*`.
+    cancels: Mutex<HashMap<String, CancellationToken>>,
+    /// Parent of every job token; cancelled when the drain deadline passes.
+    drain_cancel: CancellationToken,
+    draining: AtomicBool,
+}
+
+/// Serves `handler` until `shutdown` is cancelled, then drains.
+///
+/// # Errors
+/// When the service cannot start or its subscription dies.
+pub async fn serve(
+    client: Client,
+    handler: Arc<dyn Handler>,
+    cfg: ServeConfig,
+    shutdown: CancellationToken,
+) -> Result<ServeReport, ServeError> {
+    let role = handler.role();
+    let info = handler.info();
+    let metrics = Arc::new(WorkerMetrics::new(cfg.concurrency));
+    let name = format!("orch-{}", role.as_str());
+    let subject = subjects::work(role, &cfg.slot);
+    let metadata: HashMap<String, String> = [
+        ("role", role.as_str().to_string()),
+        ("slot", cfg.slot.to_string()),
+        ("provider", info.provider.clone()),
+        ("model", info.model.clone()),
+        ("concurrency", cfg.concurrency.to_string()),
+        (
+            "heartbeat_ms",
+            cfg.heartbeat_interval.as_millis().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+
+    let stats_metrics = metrics.clone();
+    let service = client
+        .service_builder()
+        .description(format!(
+            "orch {} worker, slot {} ({} {})",
+            role, cfg.slot, info.provider, info.model
+        ))
+        .metadata(metadata.clone())
+        .queue_group(subjects::work_queue(role, &cfg.slot))
+        .stats_handler(move |_endpoint, _stats| stats_metrics.snapshot())
+        .start(&name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| ServeError::Start {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+    let worker_id = service.info().await.id;
+    let mut endpoint = service
+        .endpoint_builder()
+        .name("work")
+        .metadata(metadata)
+        .add(&subject)
+        .await
+        .map_err(|e| ServeError::Start {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+    let cancel_subject = subjects::cancel(role, &cfg.slot);
+    let mut cancels = client
+        .subscribe(cancel_subject.clone())
+        .await
+        .map_err(|source| ServeError::Subscribe {
+            subject: cancel_subject,
+            source,
+        })?;
+
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        handler,
+        permits: Semaphore::new(cfg.concurrency),
+        cfg,
+        metrics: metrics.clone(),
+        worker_id: worker_id.clone(),
+        cancels: Mutex::new(HashMap::new()),
+        drain_cancel: CancellationToken::new(),
+        draining: AtomicBool::new(false),
+    });
+    tracing::info!(
+        %subject, worker_id, provider = %info.provider, model = %info.model,
+        concurrency = shared.cfg.concurrency, "worker serving"
+    );
+
+    let tracker = TaskTracker::new();
+    let mut unexpected_end = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(msg) = cancels.next() => {
+                if let Ok(id) = std::str::from_utf8(&msg.payload)
+                    && let Some(token) = shared.cancels.lock().ok().and_then(|m| m.get(id.trim()).cloned())
+                {
+                    tracing::debug!(request_id = id, "cancel received");
+                    token.cancel();
+                }
+            }
+            next = endpoint.next() => match next {
+                Some(request) => accept(&shared, &tracker, request).await,
+                None => { unexpected_end = true; break; }
+            }
+        }
+    }
+
+    // ---- drain ----
+    shared.draining.store(true, Ordering::SeqCst);
+    tracing::info!(
+        in_flight = metrics.in_flight(),
+        "draining: no new work accepted"
+    );
+    if let Err(e) = endpoint.stop().await {
+        tracing::warn!(error = %e, "unsubscribing the work endpoint failed");
+    }
+    // Requests already buffered locally: tell the coordinator to go elsewhere at once.
+    while let Ok(Some(request)) =
+        tokio::time::timeout(Duration::from_millis(100), endpoint.next()).await
+    {
+        let enc = Encoding::from_headers(request.message.headers.as_ref()).unwrap_or_default();
+        let err = WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down");
+        respond_err(&shared, &request, enc, &err, true).await;
+    }
+    if let Err(e) = service.stop().await {
+        tracing::debug!(error = %e, "stopping the micro service");
+    }
+    tracker.close();
+    let mut cancelled_at_drain = 0;
+    if tokio::time::timeout(shared.cfg.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        cancelled_at_drain = metrics.in_flight();
+        tracing::warn!(
+            jobs = cancelled_at_drain,
+            "drain deadline passed; cancelling the remaining jobs"
+        );
+        shared.drain_cancel.cancel();
+        // Cancelled jobs answer `shutting_down` right away; give them a moment to publish.
+        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "flushing replies to NATS failed");
+    }
+    let report = ServeReport {
+        completed: metrics.completed(),
+        failed: metrics.failed(),
+        cancelled_at_drain,
+    };
+    tracing::info!(?report, "worker drained");
+    if unexpected_end {
+        return Err(ServeError::SubscriptionClosed(subjects::work(
+            shared.handler.role(),
+            &shared.cfg.slot,
+        )));
+    }
+    Ok(report)
+}
+
+/// Admission: refuse at once when the queue is full, otherwise hand the request to a job task.
+async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, request: service::Request) {
+    let enc = match Encoding::from_headers(request.message.headers.as_ref()) {
+        Ok(enc) => enc,
+        Err(e) => {
+            let err = WorkError::new(e.code, e.message);
+            respond_err(shared, &request, Encoding::Json, &err, true).await;
+            return;
+        }
+    };
+    if request.message.reply.is_none() {
+        tracing::warn!(
+            subject = %request.message.subject,
+            "work request without a reply subject dropped (use request/reply)"
+        );
+        shared.metrics.record_err(ErrorCode::InvalidRequest, true);
+        return;
+    }
+    let limit = shared.cfg.concurrency + shared.cfg.max_queue;
+    if shared.metrics.accepted.load(Ordering::Relaxed) >= limit {
+        let err = WorkError::new(
+            ErrorCode::Overloaded,
+            format!("worker at capacity ({limit} jobs accepted)"),
+        );
+        respond_err(shared, &request, enc, &err, true).await;
+        return;
+    }
+    shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    let shared = shared.clone();
+    tracker.spawn(async move {
+        let received = Instant::now();
+        let result = run_job(&shared, &request, enc, received).await;
+        match result {
+            Ok(reply) => respond_ok(&shared, &request, enc, &reply).await,
+            Err(err) => respond_err(&shared, &request, enc, &err, false).await,
+        }
+        shared.metrics.accepted.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// Decrements `running` however the job ends.
+struct RunningGuard<'a>(&'a WorkerMetrics);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Removes the job's cancel registration however the job ends.
+struct CancelRegistration<'a> {
+    shared: &'a Shared,
+    id: Option<String>,
+}
+
+impl Drop for CancelRegistration<'_> {
+    fn drop(&mut self) {
+        if let (Some(id), Ok(mut map)) = (self.id.take(), self.shared.cancels.lock()) {
+            map.remove(&id);
+        }
+    }
+}
+
+fn header<'a>(request: &'a service::Request, name: &str) -> Option<&'a str> {
+    request
+        .message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+}
+
+async fn run_job(
+    shared: &Shared,
+    request: &service::Request,
+    enc: Encoding,
+    received: Instant,
+) -> Result<WorkReply, WorkError> {
+    let budget = match header(request, headers::ORCH_BUDGET_MS) {
+        None => shared.cfg.default_budget,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                WorkError::invalid_request(format!(
+                    "{} header must be an integer, got `{}`",
+                    headers::ORCH_BUDGET_MS,
+                    header_safe(v)
+                ))
+            })?,
+    };
+    if budget < shared.cfg.min_budget {
+        return Err(WorkError::new(
+            ErrorCode::DeadlineTooShort,
+            format!(
+                "budget {} ms is below this worker's minimum of {} ms",
+                budget.as_millis(),
+                shared.cfg.min_budget.as_millis()
+            ),
+        ));
+    }
+    let deadline = received + budget;
+    let work: WorkRequest = enc
+        .decode(&request.message.payload)
+        .map_err(|e| WorkError::new(e.code, e.message))?;
+    let role = shared.handler.role();
+    if work.role != role || work.slot != shared.cfg.slot {
+        return Err(WorkError::invalid_request(format!(
+            "request for {}/{} reached a {}/{} worker",
+            work.role, work.slot, role, shared.cfg.slot
+        )));
+    }
+
+    let token = shared.drain_cancel.child_token();
+    let request_id = header(request, headers::ORCH_REQUEST_ID).map(str::to_string);
+    let _registration = CancelRegistration {
+        shared,
+        id: request_id.clone(),
+    };
+    if let (Some(id), Ok(mut map)) = (request_id, shared.cancels.lock()) {
+        map.insert(id, token.clone());
+    }
+
+    let task_id = work.task_id.clone();
+    let job = async {
+        let _permit = shared
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down"))?;
+        shared.metrics.running.fetch_add(1, Ordering::Relaxed);
+        let _running = RunningGuard(&shared.metrics);
+        let ctx = JobContext {
+            deadline,
+            cancel: token.clone(),
+        };
+        shared.handler.handle(work, ctx).await
+    };
+    let output = with_heartbeats(shared, request, job, deadline, &token).await;
+    let elapsed_ms = received.elapsed().as_secs_f64() * 1000.0;
+    match &output {
+        Ok(_) => tracing::debug!(%task_id, elapsed_ms, "job done"),
+        Err(e) => {
+            tracing::info!(%task_id, elapsed_ms, code = %e.code, error = %e.message, "job failed")
+        }
+    }
+    let out = output?;
+    Ok(WorkReply {
+        provider: out.provider,
+        model: out.model,
+        content: out.content,
+        usage: out.usage,
+        worker_id: shared.worker_id.clone(),
+        elapsed_ms,
+    })
+}
+
+/// Runs `job` to completion, deadline or cancellation, publishing a heartbeat
+/// to the reply inbox every interval meanwhile (the coordinator treats silence
+/// longer than a few intervals as a dead worker).
+async fn with_heartbeats<F>(
+    shared: &Shared,
+    request: &service::Request,
+    job: F,
+    deadline: Instant,
+    token: &CancellationToken,
+) -> Result<Output, WorkError>
+where
+    F: std::future::Future<Output = Result<Output, WorkError>>,
+{
+    let interval = shared.cfg.heartbeat_interval;
+    let mut ticker = tokio::time::interval_at((Instant::now() + interval).into(), interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reply = request.message.reply.clone();
+    let mut hb_headers = HeaderMap::new();
+    hb_headers.insert(headers::ORCH_KIND, headers::KIND_HEARTBEAT);
+    hb_headers.insert(headers::ORCH_WORKER_ID, shared.worker_id.as_str());
+    tokio::pin!(job);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut job => return out,
+            () = token.cancelled() => {
+                return Err(if shared.drain_cancel.is_cancelled() {
+                    WorkError::new(ErrorCode::ShuttingDown, "worker shut down before the job finished")
+                } else {
+                    WorkError::new(ErrorCode::Cancelled, "cancelled by the coordinator")
+                });
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                return Err(WorkError::timed_out("the job's budget ran out"));
+            }
+            _ = ticker.tick() => {
+                if let Some(reply) = &reply
+                    && let Err(e) = shared
+                        .client
+                        .publish_with_headers(reply.clone(), hb_headers.clone(), Bytes::new())
+                        .await
+                {
+                    tracing::debug!(error = %e, "heartbeat publish failed");
+                }
+            }
+        }
+    }
+}
+
+async fn respond_ok(shared: &Shared, request: &service::Request, enc: Encoding, reply: &WorkReply) {
+    let payload = match enc.encode(reply) {
+        Ok(p) => p,
+        Err(e) => {
+            let err = WorkError::internal(format!("encoding the reply: {e}"));
+            respond_err(shared, request, enc, &err, false).await;
+            return;
+        }
+    };
+    let mut h = enc.headers();
+    h.insert(headers::ORCH_WORKER_ID, shared.worker_id.as_str());
+    match request.respond_with_headers(Ok(payload), h).await {
+        Ok(()) => shared.metrics.record_ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "publishing a reply failed");
+            shared.metrics.record_err(ErrorCode::Internal, false);
+        }
+    }
+}
+
+async fn respond_err(
+    shared: &Shared,
+    request: &service::Request,
+    enc: Encoding,
+    err: &WorkError,
+    rejected: bool,
+) {
+    shared.metrics.record_err(err.code, rejected);
+    if request.message.reply.is_none() {
+        return;
+    }
+    let mut h = enc.headers();
+    h.insert(headers::ORCH_ERROR, err.code.as_str());
+    h.insert(headers::ORCH_WORKER_ID, shared.worker_id.as_str());
+    let service_err = service::error::Error {
+        status: header_safe(&err.message),
+        code: usize::from(err.code.status()),
+    };
+    if let Err(e) = request.respond_with_headers(Err(service_err), h).await {
+        tracing::warn!(error = %e, "publishing an error reply failed");
+    }
+    if !rejected && shared.draining.load(Ordering::Relaxed) {
+        tracing::debug!(code = %err.code, "error reply sent while draining");
+    }
+}

@@ -1,0 +1,53 @@
+//! `orch-vision`: Screenshot analysis worker (Ollama / OpenAI-compatible vision models).
+//!
+//! flags → telemetry → build the handler → connect → serve until SIGTERM → drain → flush.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use orch_shared::config::{Problems, exit_config, parse_args};
+use orch_shared::{Role, telemetry};
+use orch_worker::sim::{SimArgs, SimHandler};
+use orch_worker::{Handler, WorkerArgs};
+
+const NAME: &str = "orch-vision";
+
+/// Backends this worker can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Provider {
+    /// The documented simulator (tests, benchmarks); never for real use.
+    Sim,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = NAME, version, about = "Screenshot analysis worker (Ollama / OpenAI-compatible vision models)")]
+struct Cli {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// Backend to use.
+    #[arg(long, env = "ORCH_PROVIDER", value_enum)]
+    provider: Provider,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli: Cli = parse_args();
+    let telemetry = telemetry::init(NAME, &cli.worker.log);
+    let mut problems = Problems::default();
+    let handler: Arc<dyn Handler> = match cli.provider {
+        Provider::Sim => {
+            cli.sim.check(&mut problems);
+            Arc::new(SimHandler::new(Role::Vision, cli.sim.clone()))
+        }
+    };
+    let serve_cfg = match cli.worker.serve_config("default", 1, problems) {
+        Ok(c) => c,
+        Err(e) => exit_config(NAME, &e),
+    };
+    let code = orch_worker::run::run(&cli.worker, handler, serve_cfg).await;
+    telemetry.shutdown().await;
+    code
+}
