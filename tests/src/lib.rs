@@ -5,9 +5,11 @@
 //! - [`process`]: fleet binaries as child processes (stdout/stderr captured
 //!   and printed when a test fails), SIGTERM/SIGKILL.
 //! - [`fleet`]: coordinator and simulated workers in-process, for fast tests.
+//! - [`fake`]: protocol-faithful fake model, search and web servers.
 //! - [`wait`]: every await with a deadline; `eventually` for settling states.
 #![forbid(unsafe_code)]
 
+pub mod fake;
 pub mod fleet;
 pub mod nats;
 pub mod process;

@@ -1,0 +1,1 @@
+//! Fake ollama server (see the module docs of `fake`).

@@ -1,0 +1,1 @@
+//! Fake openai server (see the module docs of `fake`).

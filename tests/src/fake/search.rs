@@ -1,0 +1,1 @@
+//! Fake search server (see the module docs of `fake`).
