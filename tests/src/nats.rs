@@ -20,8 +20,15 @@ pub const MIN_VERSION: (u32, u32) = (2, 10);
 fn server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // $NATS_SERVER_BIN, else PATH, else where deploy/setup.sh installs it.
+        let setup_installed = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/bin/nats-server"))
+            .filter(|p| p.is_file());
+        let on_path = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()));
         let bin = std::env::var_os("NATS_SERVER_BIN")
             .map(PathBuf::from)
+            .or(if on_path { None } else { setup_installed })
             .unwrap_or_else(|| PathBuf::from("nats-server"));
         let out = Command::new(&bin).arg("--version").output().unwrap_or_else(|e| {
             panic!(

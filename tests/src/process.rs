@@ -42,6 +42,31 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The path of a built example (`cargo test` builds every example into `target/<profile>/examples/`).
+pub fn example(name: &str) -> PathBuf {
+    let bin = binary_dir().join("examples").join(name);
+    assert!(
+        bin.is_file(),
+        "example {} not built; run `cargo test --workspace` or `cargo build --examples`",
+        bin.display()
+    );
+    bin
+}
+
+fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    exe.parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("cannot locate the target dir from {}", exe.display()))
+}
+
 /// A running fleet process.
 pub struct Proc {
     name: String,

@@ -39,6 +39,8 @@ fn full_request(id: &str) -> SubmitRequest {
         verify: Some(true),
         timeouts: None,
         task_id: Some(id.into()),
+        screenshot_ref: None,
+        cache: None,
     }
 }
 

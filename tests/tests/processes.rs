@@ -1,0 +1,195 @@
+//! The binaries as separate processes: SIGTERM drains in-flight work and
+//! exits 0; the fleet still answers across processes.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use nix::sys::signal::Signal;
+use orch_client::{ClientError, EventKind, Orchestrator, SubmitRequest, TaskId};
+use orch_shared::Role;
+use orch_tests::nats::NatsServer;
+use orch_tests::process::Proc;
+use orch_tests::wait::{eventually, within};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn wait_for_services(orch: &Orchestrator, names: &[&str]) {
+    eventually(T, &format!("services {names:?} visible"), || async {
+        let found = orch.workers(Duration::from_millis(200)).await.ok()?;
+        names
+            .iter()
+            .all(|n| found.iter().any(|s| s.name == *n))
+            .then_some(())
+    })
+    .await;
+}
+
+fn worker(bin: &str, url: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--nats-url",
+        url,
+        "--provider",
+        "sim",
+        "--drain-timeout",
+        "20s",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(bin, &args, &[])
+}
+
+fn request(id: &str) -> SubmitRequest {
+    SubmitRequest {
+        tools: Some(vec!["reasoner".into()]),
+        task_id: Some(id.into()),
+        ..SubmitRequest::new("a slow plan")
+    }
+}
+
+/// Submits in the background and returns once the reasoner attempt has been dispatched.
+async fn submit_and_wait_for_dispatch(
+    orch: &Orchestrator,
+    id: &str,
+) -> tokio::task::JoinHandle<Result<orch_client::OrchestratedResult, ClientError>> {
+    let task_id: TaskId = id.parse().unwrap();
+    let mut events = orch.events(Some(&task_id)).await.unwrap();
+    within(T, "flush", orch.nats().flush()).await.unwrap();
+    let o = orch.clone();
+    let req = request(id);
+    let handle = tokio::spawn(async move { o.execute(&req).await });
+    within(T, "reasoner attempt dispatched", async {
+        while let Some(e) = events.next().await {
+            if e.kind == EventKind::ModelAttempt && e.details["role"] == "reasoner" {
+                return;
+            }
+        }
+        panic!("event stream ended");
+    })
+    .await;
+    handle
+}
+
+#[tokio::test]
+async fn sigterm_on_a_worker_finishes_its_in_flight_task_then_exits_0() {
+    orch_tests::init_logs();
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let coordinator = Proc::start("orch-coordinator", &["--nats-url", &url], &[]);
+    let mut reasoner = worker(
+        "orch-reasoner",
+        &url,
+        &["--slot", "kimi_k2", "--sim-latency", "1500ms"],
+    );
+    let orch = Orchestrator::connect(&url).await.unwrap();
+    wait_for_services(&orch, &["orch-coordinator", "orch-reasoner"]).await;
+
+    let handle = submit_and_wait_for_dispatch(&orch, "drain-worker").await;
+    // Give the worker a moment to pick the job up, then ask it to stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    reasoner.signal(Signal::SIGTERM);
+
+    let result = within(T, "task result", handle)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", reasoner.describe(), coordinator.describe()));
+    let m = &result.model_results[&Role::Reasoner];
+    assert!(m.success, "{m:?}\n{}", reasoner.describe());
+    assert_eq!(
+        m.slot.as_str(),
+        "kimi_k2",
+        "answered by the draining worker, no fallback"
+    );
+    assert!(
+        result.fallback_chain.is_empty(),
+        "{:?}",
+        result.fallback_chain
+    );
+    let status = reasoner
+        .exited(T)
+        .await
+        .expect("worker exits after draining");
+    assert!(status.success(), "{status}\n{}", reasoner.describe());
+    assert!(
+        reasoner.stderr().contains("draining"),
+        "{}",
+        reasoner.describe()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_on_the_coordinator_finishes_its_in_flight_task_then_exits_0() {
+    orch_tests::init_logs();
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut coordinator = Proc::start("orch-coordinator", &["--nats-url", &url], &[]);
+    let _reasoner = worker(
+        "orch-reasoner",
+        &url,
+        &["--slot", "kimi_k2", "--sim-latency", "1000ms"],
+    );
+    let orch = Orchestrator::connect(&url).await.unwrap();
+    wait_for_services(&orch, &["orch-coordinator", "orch-reasoner"]).await;
+
+    let handle = submit_and_wait_for_dispatch(&orch, "drain-coord").await;
+    coordinator.signal(Signal::SIGTERM);
+    let result = within(T, "task result", handle)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", coordinator.describe()));
+    assert!(result.succeeded(), "{result:?}");
+    let status = coordinator
+        .exited(T)
+        .await
+        .expect("coordinator exits after draining");
+    assert!(status.success(), "{status}\n{}", coordinator.describe());
+    // Nobody takes submits any more.
+    let err = orch.execute(&request("after")).await.unwrap_err();
+    assert!(matches!(err, ClientError::NoCoordinator(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_fleet_of_processes_answers_a_four_role_task() {
+    orch_tests::init_logs();
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let _procs = [
+        Proc::start("orch-coordinator", &["--nats-url", &url, "--verify"], &[]),
+        worker("orch-vision", &url, &[]),
+        worker("orch-web", &url, &[]),
+        worker("orch-reasoner", &url, &["--slot", "local"]),
+        worker("orch-verifier", &url, &["--slot", "local"]),
+    ];
+    let orch = Orchestrator::connect(&url).await.unwrap();
+    wait_for_services(
+        &orch,
+        &[
+            "orch-coordinator",
+            "orch-vision",
+            "orch-web",
+            "orch-reasoner",
+            "orch-verifier",
+        ],
+    )
+    .await;
+    let req = SubmitRequest {
+        screenshot: Some(vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a].into()),
+        available_tools: vec!["playwright_click".into()],
+        ..SubmitRequest::new("Analyze current page state")
+    };
+    let r = within(T, "task", orch.execute(&req)).await.unwrap();
+    assert_eq!(r.model_results.len(), 4, "{r:?}");
+    assert!(r.model_results.values().all(|m| m.success), "{r:?}");
+    // Default chains: kimi_k2 and chatgpt have no workers, so two + one fallbacks.
+    assert_eq!(
+        r.fallback_chain,
+        vec![
+            "reasoner/kimi_k2: no responders",
+            "reasoner/chatgpt: no responders",
+            "verifier/chatgpt: no responders"
+        ]
+    );
+    let found = orch.workers(Duration::from_millis(300)).await.unwrap();
+    let reasoner = found.iter().find(|s| s.name == "orch-reasoner").unwrap();
+    assert_eq!(reasoner.meta("slot"), "local");
+    assert_eq!(reasoner.meta("provider"), "sim");
+    assert_eq!(reasoner.requests, 1);
+}
