@@ -72,7 +72,7 @@ impl TaskId {
 impl FromStr for TaskId {
     type Err = InvalidId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if is_token(s, MAX_TASK_ID_LEN) {
+        if is_token(s, MAX_TASK_ID_LEN) && !crate::subjects::RESERVED_TASK_IDS.contains(&s) {
             Ok(TaskId(s.to_string()))
         } else {
             Err(invalid("task_id", s, MAX_TASK_ID_LEN))
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn task_ids_are_single_tokens() {
         assert!("abc-123_X".parse::<TaskId>().is_ok());
-        for bad in ["", "a.b", "a*", "a>", "a b", &"x".repeat(129)] {
+        for bad in ["", "a.b", "a*", "a>", "a b", "get", &"x".repeat(129)] {
             assert!(bad.parse::<TaskId>().is_err(), "{bad:?} accepted");
         }
     }

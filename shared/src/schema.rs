@@ -6,8 +6,8 @@ use schemars::{JsonSchema, Schema, schema_for};
 
 use crate::error::ErrorBody;
 use crate::wire::{
-    Event, OrchestratedResult, Plan, StatsReport, SubmitRequest, Verdict, VisionAnalysis,
-    WebFindings, WorkReply, WorkRequest,
+    Event, OrchestratedResult, Plan, ResultQuery, StatsReport, SubmitRequest, Verdict,
+    VisionAnalysis, WebFindings, WorkReply, WorkRequest,
 };
 
 fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {
@@ -20,6 +20,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         named::<SubmitRequest>("submit_request.json"),
         named::<OrchestratedResult>("orchestrated_result.json"),
         named::<ErrorBody>("error.json"),
+        named::<ResultQuery>("result_query.json"),
         named::<StatsReport>("stats.json"),
         named::<Event>("event.json"),
         named::<WorkRequest>("work_request.json"),

@@ -9,6 +9,15 @@
 //! | `orch.v1.work.<role>.<slot>`         | coordinators      | workers (queue per slot) |
 //! | `orch.v1.cancel.<role>.<slot>`       | coordinators      | every worker of the slot |
 //! | `orch.v1.events.<task_id>.<kind>`    | coordinators      | anyone                   |
+//! | `orch.v1.tasks.<task_id>`            | clients (JetStream) | coordinators (durable pull consumer) |
+//! | `orch.v1.results.<task_id>`          | coordinators      | clients waiting for one task |
+//! | `orch.v1.results.get`                | clients           | coordinators (queue)     |
+//! | `orch.v1.dead.<task_id>`             | coordinators      | operators (stream `ORCH_DEAD`) |
+//!
+//! JetStream resources (names are fixed so any client can use them):
+//! streams [`STREAM_TASKS`], [`STREAM_EVENTS`], [`STREAM_DEAD`]; key-value
+//! buckets [`KV_RESULTS`], [`KV_CACHE`], [`KV_STATS`]; object store
+//! [`OBJ_SCREENSHOTS`].
 
 use crate::ids::{Slot, TaskId};
 use crate::role::Role;
@@ -22,6 +31,33 @@ pub const SUBMIT: &str = "orch.v1.submit";
 pub const STATS: &str = "orch.v1.stats";
 /// Every event of every task (a subscription wildcard).
 pub const EVENTS_ALL: &str = "orch.v1.events.>";
+
+/// Request/reply lookup of a stored result: `{"task_id": "..."}`.
+pub const RESULTS_GET: &str = "orch.v1.results.get";
+/// Every durable task (the intake stream's subjects).
+pub const TASKS_ALL: &str = "orch.v1.tasks.>";
+/// Every dead-lettered task.
+pub const DEAD_ALL: &str = "orch.v1.dead.>";
+
+/// Work-queue stream of durable tasks.
+pub const STREAM_TASKS: &str = "ORCH_TASKS";
+/// Stream capturing every task event.
+pub const STREAM_EVENTS: &str = "ORCH_EVENTS";
+/// Dead-letter stream: tasks that could not be processed, with the reason.
+pub const STREAM_DEAD: &str = "ORCH_DEAD";
+/// Durable pull consumer all coordinators share on [`STREAM_TASKS`].
+pub const CONSUMER_TASKS: &str = "orch-coordinators";
+/// Key-value bucket of results, keyed by task id.
+pub const KV_RESULTS: &str = "orch_results";
+/// Key-value bucket of cached results, keyed by request digest.
+pub const KV_CACHE: &str = "orch_cache";
+/// Key-value bucket of shared statistics snapshots.
+pub const KV_STATS: &str = "orch_stats";
+/// Object store bucket for screenshots too large to travel inline.
+pub const OBJ_SCREENSHOTS: &str = "orch_screenshots";
+
+/// Task ids that would collide with fixed subjects.
+pub const RESERVED_TASK_IDS: &[&str] = &["get"];
 
 /// Queue group shared by all coordinators, so each submit is handled once.
 pub const COORDINATOR_QUEUE: &str = "orch-coordinator";
@@ -49,6 +85,26 @@ pub fn event(task_id: &TaskId, kind: EventKind) -> String {
 /// Every event of one task (a subscription wildcard).
 pub fn task_events(task_id: &TaskId) -> String {
     format!("{PREFIX}.events.{}.>", task_id.as_str())
+}
+
+/// Where a client publishes a durable task.
+pub fn task(task_id: &TaskId) -> String {
+    format!("{PREFIX}.tasks.{}", task_id.as_str())
+}
+
+/// Where a finished task's result is announced.
+pub fn result(task_id: &TaskId) -> String {
+    format!("{PREFIX}.results.{}", task_id.as_str())
+}
+
+/// Where a dead-lettered task is kept.
+pub fn dead(task_id: &str) -> String {
+    format!("{PREFIX}.dead.{task_id}")
+}
+
+/// The task id of `orch.v1.tasks.<task_id>`.
+pub fn parse_task(subject: &str) -> Option<&str> {
+    subject.strip_prefix(PREFIX)?.strip_prefix(".tasks.")
 }
 
 /// Parses `orch.v1.work.<role>.<slot>` back into its parts.

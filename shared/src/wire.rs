@@ -53,6 +53,46 @@ pub struct SubmitRequest {
     /// Caller-chosen id (1-128 of `A-Z a-z 0-9 _ -`); generated when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// A screenshot uploaded to the `orch_screenshots` object store, for
+    /// screenshots too large to travel inline (NATS' default max payload is
+    /// 1 MiB). Use either this or `screenshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screenshot_ref: Option<ObjectRef>,
+    /// Set to `false` to bypass the result cache for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
+}
+
+/// A reference to an object in a JetStream object store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    /// Bucket; only `orch_screenshots` is accepted.
+    #[serde(default = "default_screenshot_bucket")]
+    pub bucket: String,
+    /// Object name (the SDK uses the SHA-256 of the content).
+    pub name: String,
+}
+
+fn default_screenshot_bucket() -> String {
+    crate::subjects::OBJ_SCREENSHOTS.to_string()
+}
+
+impl ObjectRef {
+    /// A reference to `name` in the screenshot bucket.
+    pub fn screenshot(name: impl Into<String>) -> ObjectRef {
+        ObjectRef {
+            bucket: default_screenshot_bucket(),
+            name: name.into(),
+        }
+    }
+}
+
+/// A lookup on `orch.v1.results.get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResultQuery {
+    /// The task.
+    pub task_id: String,
 }
 
 /// Per-phase time limits, in milliseconds.
@@ -87,6 +127,8 @@ pub struct Limits {
     pub max_query_bytes: usize,
     /// Longest per-phase timeout a request may ask for.
     pub max_timeout_ms: u64,
+    /// Largest screenshot accepted by reference (object store).
+    pub max_screenshot_ref_bytes: u64,
 }
 
 impl Default for Limits {
@@ -103,6 +145,8 @@ impl Default for Limits {
             max_query_bytes: 2048,
             // Ten minutes per phase: anything longer is a misconfiguration.
             max_timeout_ms: 600_000,
+            // Full-page screenshots of tall pages reach a few MiB; 32 MiB is generous.
+            max_screenshot_ref_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -163,6 +207,29 @@ impl SubmitRequest {
                 return Err(ErrorBody::new(
                     ErrorCode::InvalidRequest,
                     "`screenshot` is empty",
+                ));
+            }
+        }
+        if let Some(r) = &self.screenshot_ref {
+            if self.screenshot.is_some() {
+                return Err(ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    "use either `screenshot` or `screenshot_ref`, not both",
+                ));
+            }
+            if r.bucket != crate::subjects::OBJ_SCREENSHOTS {
+                return Err(ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "`screenshot_ref.bucket` must be `{}`",
+                        crate::subjects::OBJ_SCREENSHOTS
+                    ),
+                ));
+            }
+            if r.name.is_empty() || r.name.len() > 255 {
+                return Err(ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    "`screenshot_ref.name` must be 1-255 bytes",
                 ));
             }
         }
@@ -521,6 +588,9 @@ pub struct WorkRequest {
     /// Web: the query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// Vision: the screenshot in the object store, when it was too large to send inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screenshot_ref: Option<ObjectRef>,
     /// Reasoner/verifier: phase-1 vision output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vision: Option<VisionAnalysis>,
@@ -700,6 +770,9 @@ pub struct StatsReport {
     pub fallbacks_triggered: u64,
     /// Successful results per model id.
     pub model_usage: BTreeMap<String, u64>,
+    /// Results served from the cache (counted in `total_executions` too).
+    #[serde(default)]
+    pub cache_hits: u64,
     /// Latency percentiles: `task` and per `role/slot`.
     #[serde(default)]
     pub latency: BTreeMap<String, LatencySummary>,
@@ -806,6 +879,7 @@ mod tests {
             context: None,
             available_tools: vec![],
             screenshot: Some(Blob::from(vec![1, 2, 3])),
+            screenshot_ref: None,
             query: None,
             vision: None,
             web: None,

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod discovery;
+pub mod durable;
 
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub use orch_shared::{ErrorBody, ErrorCode, Role, TaskId};
 use tokio::sync::OnceCell;
 
 pub use discovery::{ServiceInstance, discover};
+pub use durable::{EventReplay, ReplayFrom};
 
 /// Extra time a client waits beyond the task's phase budgets (submit, synthesis, network).
 pub const REPLY_MARGIN: Duration = Duration::from_secs(5);
@@ -128,7 +130,8 @@ impl Orchestrator {
                 p.unwrap_or(30_000) + r.unwrap_or(60_000) + v.unwrap_or(20_000),
             ),
         };
-        self.request(subjects::SUBMIT, request, budget + REPLY_MARGIN)
+        let request = self.prepare(request).await?;
+        self.request(subjects::SUBMIT, &*request, budget + REPLY_MARGIN)
             .await
     }
 
@@ -181,7 +184,10 @@ impl Orchestrator {
             .map_err(|e| ClientError::Nats(e.to_string()))
     }
 
-    async fn request<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    pub(crate) async fn request<
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    >(
         &self,
         subject: &'static str,
         body: &Req,

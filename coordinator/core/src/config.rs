@@ -33,6 +33,58 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long running tasks may continue after SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// JetStream settings: durable intake, results, events, stats, cache, screenshots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurableConfig {
+    /// Stream/bucket replicas (1 standalone, 3 in a cluster).
+    pub replicas: usize,
+    /// Window in which a republished task id is dropped as a duplicate.
+    pub dedup_window: Duration,
+    /// How long an unprocessed durable task is kept.
+    pub task_max_age: Duration,
+    /// Redelivery timer for a task whose coordinator stopped acknowledging it
+    /// (running tasks send progress acks every third of it).
+    pub ack_wait: Duration,
+    /// Deliveries before a task is dead-lettered.
+    pub max_deliver: i64,
+    /// Durable tasks in flight across all coordinators.
+    pub max_ack_pending: i64,
+    /// How long results are kept.
+    pub results_ttl: Duration,
+    /// How long events are kept.
+    pub events_max_age: Duration,
+    /// Size cap of the event stream.
+    pub events_max_bytes: i64,
+    /// Result cache TTL (`None`: cache off).
+    pub cache_ttl: Option<Duration>,
+    /// How long uploaded screenshots are kept.
+    pub screenshots_ttl: Duration,
+    /// How long dead-lettered tasks are kept.
+    pub dead_max_age: Duration,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        DurableConfig {
+            replicas: 1,
+            // Two minutes, JetStream's default: covers client retries after a lost PubAck.
+            dedup_window: Duration::from_secs(120),
+            task_max_age: Duration::from_secs(24 * 3600),
+            // Long enough to ride out a GC pause or a reconnect, short enough that a
+            // crashed coordinator's tasks are picked up within a minute.
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 4096,
+            results_ttl: Duration::from_secs(24 * 3600),
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+            events_max_bytes: 1 << 30,
+            cache_ttl: None,
+            screenshots_ttl: Duration::from_secs(3600),
+            dead_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
 /// Per-phase time limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PhaseTimeouts {
@@ -75,6 +127,9 @@ pub struct CoordinatorConfig {
     pub drain_timeout: Duration,
     /// Publish task events.
     pub events: bool,
+    /// JetStream features (`None`: core NATS only — no durable intake, results,
+    /// shared stats). On by default, as with the binary.
+    pub durable: Option<DurableConfig>,
 }
 
 impl Default for CoordinatorConfig {
@@ -97,6 +152,7 @@ impl Default for CoordinatorConfig {
             heartbeat_timeout: Some(DEFAULT_HEARTBEAT_TIMEOUT),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             events: true,
+            durable: Some(DurableConfig::default()),
         }
     }
 }
@@ -196,6 +252,39 @@ pub struct CoordinatorArgs {
     /// Do not publish task events.
     #[arg(long, env = "ORCH_NO_EVENTS")]
     pub no_events: bool,
+    /// Core NATS only: no durable intake, stored results, event stream or shared stats.
+    #[arg(long, env = "ORCH_NO_JETSTREAM")]
+    pub no_jetstream: bool,
+    /// Replicas of every stream and bucket (3 in a 3-node cluster).
+    #[arg(long, env = "ORCH_JS_REPLICAS", default_value_t = 1)]
+    pub js_replicas: usize,
+    /// Duplicate window of the task stream (a republished task id inside it is dropped).
+    #[arg(long, env = "ORCH_DEDUP_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+    /// Redelivery timer for durable tasks whose coordinator stopped acknowledging them.
+    #[arg(long, env = "ORCH_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// Deliveries of a durable task before it goes to the dead-letter stream.
+    #[arg(long, env = "ORCH_MAX_DELIVER", default_value_t = 5)]
+    pub max_deliver: i64,
+    /// Durable tasks in flight across all coordinators.
+    #[arg(long, env = "ORCH_MAX_ACK_PENDING", default_value_t = 4096)]
+    pub max_ack_pending: i64,
+    /// How long results are kept.
+    #[arg(long, env = "ORCH_RESULTS_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub results_ttl: Duration,
+    /// How long events are kept.
+    #[arg(long, env = "ORCH_EVENTS_MAX_AGE", default_value = "168h", value_parser = parse_duration)]
+    pub events_max_age: Duration,
+    /// Size cap of the event stream, in bytes.
+    #[arg(long, env = "ORCH_EVENTS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub events_max_bytes: i64,
+    /// Cache results of identical requests for this long (off when absent).
+    #[arg(long, env = "ORCH_CACHE_TTL", value_parser = parse_duration)]
+    pub cache_ttl: Option<Duration>,
+    /// How long uploaded screenshots are kept.
+    #[arg(long, env = "ORCH_SCREENSHOTS_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub screenshots_ttl: Duration,
 }
 
 impl CoordinatorArgs {
@@ -239,7 +328,40 @@ impl CoordinatorArgs {
             ),
         );
         p.require(self.max_task_bytes > 0, "--max-task-bytes must be positive");
+        p.require(
+            (1..=5).contains(&self.js_replicas),
+            format!("--js-replicas must be 1..=5, got {}", self.js_replicas),
+        );
+        p.require(
+            self.ack_wait >= Duration::from_secs(1),
+            "--ack-wait must be at least 1s",
+        );
+        p.require(self.max_deliver >= 1, "--max-deliver must be at least 1");
+        p.require(
+            self.max_ack_pending >= 1,
+            "--max-ack-pending must be at least 1",
+        );
+        p.require(
+            !self.dedup_window.is_zero() && self.dedup_window <= Duration::from_secs(24 * 3600),
+            "--dedup-window must be within 1ms..=24h",
+        );
+        if let Some(ttl) = self.cache_ttl {
+            p.require(!ttl.is_zero(), "--cache-ttl must be positive");
+        }
         p.finish()?;
+        let durable = (!self.no_jetstream).then(|| DurableConfig {
+            replicas: self.js_replicas,
+            dedup_window: self.dedup_window,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            max_ack_pending: self.max_ack_pending,
+            results_ttl: self.results_ttl,
+            events_max_age: self.events_max_age,
+            events_max_bytes: self.events_max_bytes,
+            cache_ttl: self.cache_ttl,
+            screenshots_ttl: self.screenshots_ttl,
+            ..DurableConfig::default()
+        });
         let limits = Limits {
             max_screenshot_bytes: self.max_screenshot_bytes,
             max_task_bytes: self.max_task_bytes,
@@ -260,6 +382,7 @@ impl CoordinatorArgs {
                 .then_some(self.heartbeat_timeout),
             drain_timeout: self.drain_timeout,
             events: !self.no_events,
+            durable,
         })
     }
 }

@@ -14,6 +14,8 @@ use serde_json::Value;
 #[derive(Clone)]
 pub struct EventSink {
     client: Option<Client>,
+    /// Final events go through JetStream (with an acknowledgement) when set.
+    js: Option<async_nats::jetstream::Context>,
 }
 
 impl EventSink {
@@ -21,17 +23,82 @@ impl EventSink {
     pub fn new(client: Client) -> EventSink {
         EventSink {
             client: Some(client),
+            js: None,
         }
     }
 
     /// A sink that drops everything (`--no-events`).
     pub fn disabled() -> EventSink {
-        EventSink { client: None }
+        EventSink {
+            client: None,
+            js: None,
+        }
+    }
+
+    /// Sends final events through JetStream, so their stream sequence is known.
+    pub fn with_jetstream(mut self, js: async_nats::jetstream::Context) -> EventSink {
+        if self.client.is_some() {
+            self.js = Some(js);
+        }
+        self
+    }
+
+    /// Publishes a task's final event, deduplicated per task. With JetStream
+    /// the returned future resolves to the stream's acknowledgement.
+    pub async fn emit_final(
+        &self,
+        task_id: &TaskId,
+        kind: EventKind,
+        details: Value,
+    ) -> Option<async_nats::jetstream::context::PublishAckFuture> {
+        let msg_id = final_event_id(task_id);
+        let Some(js) = &self.js else {
+            self.emit_with_id(task_id, kind, details, Some(&msg_id))
+                .await;
+            return None;
+        };
+        let event = Event {
+            task_id: task_id.to_string(),
+            kind,
+            ts: now_rfc3339(),
+            trace_id: None,
+            details,
+        };
+        let payload = Encoding::Json.encode(&event).ok()?;
+        let mut headers = Encoding::Json.headers();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        match js
+            .publish_with_headers(subjects::event(task_id, kind), headers, payload)
+            .await
+        {
+            Ok(ack) => Some(ack),
+            Err(e) => {
+                tracing::warn!(%task_id, kind = kind.as_str(), error = %e, "final event publish failed");
+                None
+            }
+        }
+    }
+
+    /// Whether events are published at all.
+    pub fn enabled(&self) -> bool {
+        self.client.is_some()
     }
 
     /// Publishes one event. Publishing is fire-and-forget: a failure is logged,
     /// never allowed to fail the task.
     pub async fn emit(&self, task_id: &TaskId, kind: EventKind, details: Value) {
+        self.emit_with_id(task_id, kind, details, None).await;
+    }
+
+    /// Publishes one event with a `Nats-Msg-Id`, so the event stream keeps only
+    /// the first copy (used for the once-per-task final events).
+    pub async fn emit_with_id(
+        &self,
+        task_id: &TaskId,
+        kind: EventKind,
+        details: Value,
+        msg_id: Option<&str>,
+    ) {
         let Some(client) = &self.client else { return };
         let event = Event {
             task_id: task_id.to_string(),
@@ -47,15 +114,58 @@ impl EventSink {
                 return;
             }
         };
+        let mut headers = Encoding::Json.headers();
+        if let Some(id) = msg_id {
+            headers.insert("Nats-Msg-Id", id);
+        }
         if let Err(e) = client
-            .publish_with_headers(
-                subjects::event(task_id, kind),
-                Encoding::Json.headers(),
-                payload,
-            )
+            .publish_with_headers(subjects::event(task_id, kind), headers, payload)
             .await
         {
             tracing::warn!(%task_id, kind = kind.as_str(), error = %e, "event publish failed");
         }
+    }
+}
+
+/// The `Nats-Msg-Id` of a task's final event (one per task).
+pub fn final_event_id(task_id: &TaskId) -> String {
+    format!("{}.final", task_id.as_str())
+}
+
+/// The final event of a finished task: `action_failed` when a reasoner was
+/// asked for and none answered, else `action_complete`; the details carry the
+/// task's stats contribution (the shared stats are built from them).
+pub fn final_event(
+    result: &orch_shared::wire::OrchestratedResult,
+    delta: &crate::stats::StatsDelta,
+) -> (EventKind, Value) {
+    let failed = result.primary_answer.is_none()
+        && result
+            .model_results
+            .contains_key(&orch_shared::Role::Reasoner);
+    let stats = serde_json::to_value(delta).unwrap_or(Value::Null);
+    if failed {
+        (
+            EventKind::ActionFailed,
+            serde_json::json!({
+                "reason": "every reasoner slot failed",
+                "fallback_chain": result.fallback_chain,
+                "execution_time_ms": result.execution_time_ms,
+                "stats": stats,
+            }),
+        )
+    } else {
+        (
+            EventKind::ActionComplete,
+            serde_json::json!({
+                "confidence": result.confidence,
+                "models_used": result.models_used,
+                "conflicts": result.conflicts.len(),
+                "fallbacks": result.fallback_chain.len(),
+                "execution_time_ms": result.execution_time_ms,
+                "cached": result.cached,
+                "stats": stats,
+            }),
+        )
     }
 }

@@ -35,6 +35,10 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Err(e @ orch_coordinator::service::ServeError::JetStream(_)) => {
+            eprintln!("{NAME}: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE as u8)
+        }
         Err(e) => {
             eprintln!("{NAME}: {e}");
             ExitCode::FAILURE

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use orch_shared::role::RoleSet;
 use orch_shared::wire::{
-    Attempt, EventKind, ModelResult, OrchestratedResult, Phase, Plan, SubmitRequest, Verdict,
-    VisionAnalysis, WebFindings, WorkReply, WorkRequest,
+    Attempt, EventKind, ModelResult, ObjectRef, OrchestratedResult, Phase, Plan, SubmitRequest,
+    Verdict, VisionAnalysis, WebFindings, WorkReply, WorkRequest,
 };
 use orch_shared::{Blob, ErrorBody, ErrorCode, Role, Slot, TaskId};
 use serde::de::DeserializeOwned;
@@ -44,6 +44,10 @@ pub struct TaskSpec {
     pub context: Option<String>,
     /// Screenshot for vision.
     pub screenshot: Option<Blob>,
+    /// Screenshot for vision, in the object store.
+    pub screenshot_ref: Option<ObjectRef>,
+    /// Whether the result cache may be used for this task.
+    pub use_cache: bool,
     /// Query for web.
     pub web_query: String,
     /// Per-phase limits.
@@ -75,7 +79,7 @@ impl TaskSpec {
         } else {
             roles.remove(Role::Verifier);
         }
-        if req.screenshot.is_none() {
+        if req.screenshot.is_none() && req.screenshot_ref.is_none() {
             roles.remove(Role::Vision);
         }
         if roles.contains(Role::Verifier) && !roles.contains(Role::Reasoner) {
@@ -109,6 +113,8 @@ impl TaskSpec {
             available_tools: req.available_tools,
             context: req.context,
             screenshot: req.screenshot,
+            screenshot_ref: req.screenshot_ref,
+            use_cache: req.cache.unwrap_or(true),
             timeouts: PhaseTimeouts {
                 parallel: t.parallel_ms.map_or(cfg.timeouts.parallel, ms),
                 reasoning: t.reasoning_ms.map_or(cfg.timeouts.reasoning, ms),
@@ -152,7 +158,9 @@ impl Pipeline {
         }
     }
 
-    /// Runs all phases of one task and synthesizes its result.
+    /// Runs all phases of one task and synthesizes its result. The final event
+    /// (`action_complete` / `action_failed`) is the caller's to publish, once the
+    /// result is where it has to be (see [`crate::service`]).
     pub async fn run(&self, spec: TaskSpec) -> OrchestratedResult {
         let started = Instant::now();
         let id = &spec.task_id;
@@ -283,31 +291,7 @@ impl Pipeline {
                 .emit(id, EventKind::Conflict, json!({ "conflict": c }))
                 .await;
         }
-        let result = assemble(&spec, started, runs, plan.is_some(), outcome);
-        let (kind, details) =
-            if result.primary_answer.is_some() || !spec.roles.contains(Role::Reasoner) {
-                (
-                    EventKind::ActionComplete,
-                    json!({
-                        "confidence": result.confidence,
-                        "models_used": result.models_used,
-                        "conflicts": result.conflicts.len(),
-                        "fallbacks": result.fallback_chain.len(),
-                        "execution_time_ms": result.execution_time_ms,
-                    }),
-                )
-            } else {
-                (
-                    EventKind::ActionFailed,
-                    json!({
-                        "reason": "every reasoner slot failed",
-                        "fallback_chain": result.fallback_chain,
-                        "execution_time_ms": result.execution_time_ms,
-                    }),
-                )
-            };
-        self.events.emit(id, kind, details).await;
-        result
+        assemble(&spec, started, runs, plan.is_some(), outcome)
     }
 
     fn work_request(&self, spec: &TaskSpec, role: Role) -> WorkRequest {
@@ -320,6 +304,11 @@ impl Pipeline {
             available_tools: spec.available_tools.clone(),
             screenshot: if role == Role::Vision {
                 spec.screenshot.clone()
+            } else {
+                None
+            },
+            screenshot_ref: if role == Role::Vision {
+                spec.screenshot_ref.clone()
             } else {
                 None
             },
@@ -369,6 +358,13 @@ impl Pipeline {
     }
 
     /// Runs one role down its fallback chain within `deadline`.
+    ///
+    /// Each slot is tried in order with `remaining / slots_left` of the budget.
+    /// A failure about one worker rather than the slot (`overloaded`,
+    /// `shutting_down`, a silent worker) is retried once on the same slot at
+    /// once. When every slot has been tried and some failed only for want of
+    /// capacity, those are tried again with backoff until the phase deadline:
+    /// under load a task waits for a worker instead of failing.
     async fn run_chain(
         &self,
         spec: &TaskSpec,
@@ -380,154 +376,187 @@ impl Pipeline {
         let chain = self.config.chain(role).to_vec();
         let role_started = Instant::now();
         let offset = |t: Instant| t.duration_since(task_started).as_secs_f64() * 1000.0;
-        let mut attempts = Vec::new();
-        let mut failures: Vec<(f64, String)> = Vec::new();
-        let mut last_error: Option<AttemptError> = None;
+        let mut run = ChainLog::default();
         let mut last_slot = chain.first().cloned().unwrap_or_else(Slot::default_slot);
-
-        'slots: for (i, slot) in chain.iter().enumerate() {
-            let mut retried = false;
-            loop {
-                let now = Instant::now();
-                let remaining = deadline.saturating_duration_since(now);
-                if remaining.is_zero() {
-                    for skipped in &chain[i..] {
-                        attempts.push((
-                            offset(now),
-                            Attempt {
-                                role,
-                                slot: skipped.clone(),
-                                outcome: "skipped".into(),
-                                error: Some(
-                                    "phase time limit reached before this slot was tried".into(),
-                                ),
-                                latency_ms: 0.0,
-                                budget_ms: 0,
-                            },
-                        ));
-                    }
-                    break 'slots;
-                }
-                let slots_left = (chain.len() - i) as f64;
-                // Whole milliseconds (rounded): budgets travel in ms, and a reader
-                // should see "1000 ms", not "999 ms", for a third of 3 s.
-                let budget = Duration::from_millis(
-                    ((remaining.as_secs_f64() * 1000.0 / slots_left).round() as u64).max(1),
-                );
-                last_slot = slot.clone();
-                req.slot = slot.clone();
-                self.events
-                    .emit(
-                        &spec.task_id,
-                        EventKind::ModelAttempt,
-                        json!({
-                            "role": role, "slot": slot, "attempt": attempts.len() + 1,
-                            "budget_ms": budget.as_millis() as u64,
-                        }),
-                    )
-                    .await;
-                let attempt_start = Instant::now();
-                let outcome = match encode_request(&req) {
-                    Ok(payload) => {
-                        let limits = AttemptLimits {
-                            budget,
-                            heartbeat_timeout: self.config.heartbeat_timeout,
-                        };
-                        tokio::select! {
-                            r = self.dispatcher.attempt(&spec.task_id, role, slot, payload, limits) => r,
-                            () = self.hard_stop.cancelled() => Err(AttemptError::Cancelled),
+        // Slots to go through in this round; later rounds only revisit busy ones.
+        let mut round: Vec<Slot> = chain.clone();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let mut busy: Vec<Slot> = Vec::new();
+            for (i, slot) in round.iter().enumerate() {
+                let mut retried = false;
+                loop {
+                    let now = Instant::now();
+                    let remaining = deadline.saturating_duration_since(now);
+                    if remaining.is_zero() {
+                        for skipped in &round[i..] {
+                            run.attempts.push((
+                                offset(now),
+                                Attempt {
+                                    role,
+                                    slot: skipped.clone(),
+                                    outcome: "skipped".into(),
+                                    error: Some(
+                                        "phase time limit reached before this slot was tried"
+                                            .into(),
+                                    ),
+                                    latency_ms: 0.0,
+                                    budget_ms: 0,
+                                },
+                            ));
                         }
+                        return self.failed(role, last_slot, run, role_started, offset);
                     }
-                    Err(e) => Err(e),
-                };
-                let outcome = outcome.and_then(|reply| validate(role, reply));
-                let latency_ms = attempt_start.elapsed().as_secs_f64() * 1000.0;
-                match outcome {
-                    Ok(reply) => {
-                        attempts.push((
-                            offset(attempt_start),
-                            Attempt {
-                                role,
-                                slot: slot.clone(),
-                                outcome: "ok".into(),
-                                error: None,
-                                latency_ms,
-                                budget_ms: budget.as_millis() as u64,
-                            },
-                        ));
-                        let finished = Instant::now();
-                        return RoleRun {
-                            result: ModelResult {
-                                role,
-                                slot: slot.clone(),
-                                provider: reply.provider,
-                                model: reply.model,
-                                success: true,
-                                content: reply.content.clone(),
-                                error: None,
-                                error_code: None,
-                                latency_ms: finished.duration_since(role_started).as_secs_f64()
-                                    * 1000.0,
-                                usage: reply.usage,
-                                started_ms: offset(role_started),
-                                finished_ms: offset(finished),
-                            },
-                            reply_content: Some(reply.content),
-                            attempts,
-                            failures,
-                        };
-                    }
-                    Err(err) => {
-                        let entry = format!("{role}/{slot}: {err}");
-                        tracing::info!(task_id = %spec.task_id, %role, %slot, error = %err, "attempt failed");
-                        attempts.push((
-                            offset(attempt_start),
-                            Attempt {
-                                role,
-                                slot: slot.clone(),
-                                outcome: err.code().to_string(),
-                                error: Some(err.to_string()),
-                                latency_ms,
-                                budget_ms: budget.as_millis() as u64,
-                            },
-                        ));
-                        failures.push((offset(attempt_start), entry.clone()));
-                        let retry_same = !retried && err.worth_retrying_same_slot();
-                        let next = if retry_same {
-                            Some(slot.to_string())
-                        } else {
-                            chain.get(i + 1).map(ToString::to_string)
-                        };
-                        self.events
-                            .emit(
-                                &spec.task_id,
-                                EventKind::Fallback,
-                                json!({
-                                    "role": role, "slot": slot, "error_code": err.code(),
-                                    "error": err.to_string(), "next_slot": next,
-                                }),
-                            )
-                            .await;
-                        let cancelled = err == AttemptError::Cancelled;
-                        last_error = Some(err);
-                        if cancelled {
-                            break 'slots;
+                    let slots_left = (round.len() - i) as f64;
+                    // Whole milliseconds (rounded): budgets travel in ms, and a reader
+                    // should see "1000 ms", not "999 ms", for a third of 3 s.
+                    let budget = Duration::from_millis(
+                        ((remaining.as_secs_f64() * 1000.0 / slots_left).round() as u64).max(1),
+                    );
+                    last_slot = slot.clone();
+                    req.slot = slot.clone();
+                    match self
+                        .attempt(spec, role, slot, &req, budget, &mut run, offset)
+                        .await
+                    {
+                        Ok(reply) => {
+                            let finished = Instant::now();
+                            return RoleRun {
+                                result: ModelResult {
+                                    role,
+                                    slot: slot.clone(),
+                                    provider: reply.provider,
+                                    model: reply.model,
+                                    success: true,
+                                    content: reply.content.clone(),
+                                    error: None,
+                                    error_code: None,
+                                    latency_ms: finished.duration_since(role_started).as_secs_f64()
+                                        * 1000.0,
+                                    usage: reply.usage,
+                                    started_ms: offset(role_started),
+                                    finished_ms: offset(finished),
+                                },
+                                reply_content: Some(reply.content),
+                                attempts: run.attempts,
+                                failures: run.failures,
+                            };
                         }
-                        if retry_same {
+                        Err(AttemptError::Cancelled) => {
+                            return self.failed(role, last_slot, run, role_started, offset);
+                        }
+                        Err(err) if !retried && err.worth_retrying_same_slot() => {
                             retried = true;
                             continue;
                         }
-                        continue 'slots;
+                        Err(err) => {
+                            if err.worth_retrying_same_slot() {
+                                busy.push(slot.clone());
+                            }
+                            break;
+                        }
                     }
                 }
             }
+            // Every slot failed. Wait for capacity on the busy ones while time remains.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if busy.is_empty() || remaining <= backoff {
+                return self.failed(role, last_slot, run, role_started, offset);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.hard_stop.cancelled() => return self.failed(role, last_slot, run, role_started, offset),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            round = busy;
         }
+    }
 
+    /// One attempt: event, dispatch, validation, and the record of a failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        spec: &TaskSpec,
+        role: Role,
+        slot: &Slot,
+        req: &WorkRequest,
+        budget: Duration,
+        run: &mut ChainLog,
+        offset: impl Fn(Instant) -> f64,
+    ) -> Result<WorkReply, AttemptError> {
+        self.events
+            .emit(
+                &spec.task_id,
+                EventKind::ModelAttempt,
+                json!({
+                    "role": role, "slot": slot, "attempt": run.attempts.len() + 1,
+                    "budget_ms": budget.as_millis() as u64,
+                }),
+            )
+            .await;
+        let attempt_start = Instant::now();
+        let outcome = match encode_request(req) {
+            Ok(payload) => {
+                let limits = AttemptLimits {
+                    budget,
+                    heartbeat_timeout: self.config.heartbeat_timeout,
+                };
+                tokio::select! {
+                    r = self.dispatcher.attempt(&spec.task_id, role, slot, payload, limits) => r,
+                    () = self.hard_stop.cancelled() => Err(AttemptError::Cancelled),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = outcome.and_then(|reply| validate(role, reply));
+        let latency_ms = attempt_start.elapsed().as_secs_f64() * 1000.0;
+        let (outcome_name, error) = match &outcome {
+            Ok(_) => ("ok".to_string(), None),
+            Err(err) => (err.code().to_string(), Some(err.to_string())),
+        };
+        run.attempts.push((
+            offset(attempt_start),
+            Attempt {
+                role,
+                slot: slot.clone(),
+                outcome: outcome_name,
+                error,
+                latency_ms,
+                budget_ms: budget.as_millis() as u64,
+            },
+        ));
+        if let Err(err) = &outcome {
+            tracing::info!(task_id = %spec.task_id, %role, %slot, error = %err, "attempt failed");
+            run.failures
+                .push((offset(attempt_start), format!("{role}/{slot}: {err}")));
+            run.last_error = Some(err.clone());
+            self.events
+                .emit(
+                    &spec.task_id,
+                    EventKind::Fallback,
+                    json!({
+                        "role": role, "slot": slot, "error_code": err.code(),
+                        "error": err.to_string(),
+                    }),
+                )
+                .await;
+        }
+        outcome
+    }
+
+    fn failed(
+        &self,
+        role: Role,
+        last_slot: Slot,
+        run: ChainLog,
+        role_started: Instant,
+        offset: impl Fn(Instant) -> f64,
+    ) -> RoleRun {
         let finished = Instant::now();
-        let summary = if failures.is_empty() {
+        let summary = if run.failures.is_empty() {
             "phase time limit reached before any slot was tried".to_string()
         } else {
-            failures
+            run.failures
                 .iter()
                 .map(|(_, f)| f.as_str())
                 .collect::<Vec<_>>()
@@ -542,17 +571,28 @@ impl Pipeline {
                 success: false,
                 content: Value::Null,
                 error: Some(summary),
-                error_code: Some(last_error.map_or(ErrorCode::TimedOut, |e| e.error_code())),
+                error_code: Some(
+                    run.last_error
+                        .map_or(ErrorCode::TimedOut, |e| e.error_code()),
+                ),
                 latency_ms: finished.duration_since(role_started).as_secs_f64() * 1000.0,
                 usage: None,
                 started_ms: offset(role_started),
                 finished_ms: offset(finished),
             },
             reply_content: None,
-            attempts,
-            failures,
+            attempts: run.attempts,
+            failures: run.failures,
         }
     }
+}
+
+/// What a chain run recorded so far.
+#[derive(Default)]
+struct ChainLog {
+    attempts: Vec<(f64, Attempt)>,
+    failures: Vec<(f64, String)>,
+    last_error: Option<AttemptError>,
 }
 
 /// Checks that a reply's content has the role's shape; anything else is a failed attempt.

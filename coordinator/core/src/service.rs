@@ -1,6 +1,7 @@
 //! The coordinator as a NATS micro service (`orch-coordinator`): endpoints
-//! `orch.v1.submit` and `orch.v1.stats` in the `orch-coordinator` queue group,
-//! so any number of coordinators share the load.
+//! `orch.v1.submit`, `orch.v1.stats` and `orch.v1.results.get` in the
+//! `orch-coordinator` queue group, so any number of coordinators share the
+//! load; plus, with JetStream, the durable intake (see [`crate::intake`]).
 //!
 //! Admission is bounded (`--max-in-flight`); beyond it a submit is refused
 //! with `overloaded` at once. Every bad request gets a structured error reply
@@ -13,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::Client;
@@ -20,17 +22,30 @@ use async_nats::service::{self, ServiceExt as _};
 use futures::StreamExt as _;
 use orch_shared::codec::{Encoding, error_reply};
 use orch_shared::config::NatsHealth;
-use orch_shared::wire::{OrchestratedResult, StatsReport, SubmitRequest};
-use orch_shared::{ErrorBody, ErrorCode, Role, subjects};
+use orch_shared::wire::{OrchestratedResult, ResultQuery, StatsReport, SubmitRequest};
+use orch_shared::{ErrorBody, ErrorCode, Role, TaskId, subjects};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CoordinatorConfig;
 use crate::dispatch::Dispatcher;
-use crate::events::EventSink;
+use crate::durable::{Durable, SetupError};
+use crate::events::{EventSink, final_event};
 use crate::pipeline::{Pipeline, TaskSpec};
-use crate::stats::Stats;
+use crate::results::{Finish, ResultStore, Stored};
+use crate::stats::{Stats, StatsDelta};
+
+/// Longest a stats request waits for this coordinator's own final events to be folded in.
+const STATS_SETTLE: Duration = Duration::from_secs(2);
+
+/// Outstanding final-event acknowledgements.
+#[derive(Default)]
+struct Finals {
+    pending: std::sync::atomic::AtomicUsize,
+    last_seq: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
 
 /// Why the coordinator could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +61,12 @@ pub enum ServeError {
     /// An endpoint's subscription ended without a shutdown.
     #[error("the {0} endpoint ended unexpectedly (NATS connection closed?)")]
     EndpointClosed(&'static str),
+    /// JetStream could not be set up.
+    #[error(transparent)]
+    JetStream(#[from] SetupError),
+    /// The stats projection could not start.
+    #[error("stats projection: {0}")]
+    Projection(String),
 }
 
 /// A running coordinator (library form: tests and the benchmark drive it in-process).
@@ -54,7 +75,16 @@ pub struct Coordinator {
     config: Arc<CoordinatorConfig>,
     pipeline: Pipeline,
     dispatcher: Dispatcher,
-    stats: Stats,
+    events: EventSink,
+    stats: Arc<Stats>,
+    /// Stats come from the event stream (same numbers on every coordinator).
+    shared_stats: bool,
+    durable: Option<Durable>,
+    results: Option<ResultStore>,
+    /// Final events this coordinator published whose acknowledgement is outstanding,
+    /// and the highest acknowledged sequence: stats wait for both (read-your-writes).
+    finals: Arc<Finals>,
+    progress: Arc<crate::projection::Progress>,
     permits: Arc<Semaphore>,
     background: TaskTracker,
     stop_background: CancellationToken,
@@ -80,25 +110,55 @@ impl Coordinator {
                 message: e.to_string(),
             })?;
         let config = Arc::new(config);
-        let events = if config.events {
+        let durable = match &config.durable {
+            Some(cfg) => Some(Durable::setup(&client, cfg).await?),
+            None => None,
+        };
+        let mut events = if config.events {
             EventSink::new(client.clone())
         } else {
             EventSink::disabled()
         };
+        if let Some(d) = &durable {
+            events = events.with_jetstream(d.js.clone());
+        }
         let hard_stop = CancellationToken::new();
         let pipeline = Pipeline::new(
             dispatcher.clone(),
-            events,
+            events.clone(),
             config.clone(),
             hard_stop.clone(),
         );
+        let stats = Arc::new(Stats::default());
+        let progress = Arc::new(crate::projection::Progress::default());
+        let shared_stats = durable.is_some() && config.events;
+        if let (true, Some(d)) = (shared_stats, &durable) {
+            crate::projection::start(
+                d,
+                stats.clone(),
+                progress.clone(),
+                &background,
+                stop_background.clone(),
+            )
+            .await
+            .map_err(ServeError::Projection)?;
+        }
+        let results = durable
+            .as_ref()
+            .map(|d| ResultStore::new(d.results.clone(), client.clone(), dispatcher.instance()));
         Ok(Coordinator {
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
             client,
             config,
             pipeline,
             dispatcher,
-            stats: Stats::default(),
+            events,
+            stats,
+            shared_stats,
+            durable,
+            results,
+            finals: Arc::new(Finals::default()),
+            progress,
             background,
             stop_background,
             hard_stop,
@@ -117,24 +177,267 @@ impl Coordinator {
         &self.config
     }
 
-    /// Validates and runs one task in-process (no NATS round trip for the submit itself).
+    /// Free task permits (durable intake pulls at most this many).
+    pub fn free_permits(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// A task permit, if one is free.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Validates a request and applies defaults.
+    ///
+    /// # Errors
+    /// The error body to reply with.
+    pub fn spec(&self, request: SubmitRequest) -> Result<TaskSpec, ErrorBody> {
+        TaskSpec::from_request(request, &self.config)
+    }
+
+    /// Checks what only the server can check: a referenced screenshot exists and fits.
+    async fn check_refs(&self, spec: &TaskSpec) -> Result<(), ErrorBody> {
+        let Some(r) = &spec.screenshot_ref else {
+            return Ok(());
+        };
+        let Some(d) = &self.durable else {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                "`screenshot_ref` needs JetStream, and this coordinator runs without it",
+            ));
+        };
+        match d.screenshots.info(&r.name).await {
+            Ok(info) if info.size as u64 > self.config.limits.max_screenshot_ref_bytes => {
+                Err(ErrorBody::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "screenshot `{}` is {} bytes; the limit is {}",
+                        r.name, info.size, self.config.limits.max_screenshot_ref_bytes
+                    ),
+                ))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "screenshot `{}` not found in `{}`: {e}",
+                    r.name,
+                    subjects::OBJ_SCREENSHOTS
+                ),
+            )),
+        }
+    }
+
+    /// Runs a task (or serves it from the cache) and records its stats when
+    /// they are local. Does not publish the final event.
+    async fn run(&self, spec: TaskSpec) -> OrchestratedResult {
+        let started = std::time::Instant::now();
+        let cache = self
+            .durable
+            .as_ref()
+            .and_then(|d| d.cache.clone())
+            .filter(|_| spec.use_cache);
+        let key = cache
+            .as_ref()
+            .map(|_| crate::cache::key(&spec, &self.config));
+        if let (Some(store), Some(key)) = (&cache, &key)
+            && let Some(mut hit) = crate::cache::lookup(store, key).await
+        {
+            hit.task_id = spec.task_id.to_string();
+            hit.task = spec.task.clone();
+            hit.cached = true;
+            hit.execution_time_ms = started.elapsed().as_secs_f64() * 1000.0;
+            self.events
+                .emit(
+                    &spec.task_id,
+                    orch_shared::wire::EventKind::ActionStart,
+                    serde_json::json!({"task": spec.task, "cached": true}),
+                )
+                .await;
+            return hit;
+        }
+        let result = self.pipeline.run(spec).await;
+        if let (Some(store), Some(key)) = (&cache, &key) {
+            crate::cache::store(store, key, &result).await;
+        }
+        result
+    }
+
+    /// Publishes the task's final event (deduplicated by task id) and, for
+    /// local stats, counts it.
+    async fn finish_event(&self, result: &OrchestratedResult) {
+        let delta = StatsDelta::of(result);
+        if !self.shared_stats {
+            self.stats.apply(&delta);
+        }
+        let Ok(id) = result.task_id.parse::<TaskId>() else {
+            return;
+        };
+        let (kind, details) = final_event(result, &delta);
+        let Some(ack) = self.events.emit_final(&id, kind, details).await else {
+            return;
+        };
+        let finals = self.finals.clone();
+        finals.pending.fetch_add(1, Ordering::SeqCst);
+        self.background.spawn(async move {
+            match ack.await {
+                Ok(ack) if !ack.duplicate => {
+                    finals.last_seq.fetch_max(ack.sequence, Ordering::SeqCst);
+                }
+                Ok(_) => tracing::debug!(task_id = %id, "final event was a duplicate; kept the first"),
+                Err(e) => tracing::warn!(task_id = %id, error = %e, "final event not acknowledged by the event stream"),
+            }
+            finals.pending.fetch_sub(1, Ordering::SeqCst);
+            finals.changed.notify_waiters();
+        });
+    }
+
+    /// Waits (briefly) until every final event this coordinator published is
+    /// folded into the shared stats, so a client sees its own tasks counted.
+    async fn settle_stats(&self) {
+        if !self.shared_stats {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + STATS_SETTLE;
+        loop {
+            let finals_changed = self.finals.changed.notified();
+            let applied_changed = self.progress.changed.notified();
+            let pending = self.finals.pending.load(Ordering::SeqCst);
+            let wanted = self.finals.last_seq.load(Ordering::SeqCst);
+            if pending == 0 && self.progress.applied.load(Ordering::SeqCst) >= wanted {
+                return;
+            }
+            tokio::select! {
+                () = finals_changed => {}
+                () = applied_changed => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(pending, wanted, "stats answered before the projection caught up");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Publishes the final event of a task another run finished, unless it is
+    /// already in the event stream.
+    async fn ensure_final_event(&self, result: &OrchestratedResult) {
+        let Ok(id) = result.task_id.parse::<TaskId>() else {
+            return;
+        };
+        if let Some(d) = &self.durable {
+            for kind in [
+                orch_shared::wire::EventKind::ActionComplete,
+                orch_shared::wire::EventKind::ActionFailed,
+            ] {
+                if d.events
+                    .direct_get_last_for_subject(subjects::event(&id, kind))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+        self.finish_event(result).await;
+    }
+
+    /// Validates and runs one task in-process, storing its result when
+    /// JetStream is on.
     ///
     /// # Errors
     /// The error body a submit would get for an invalid request.
     pub async fn execute(&self, request: SubmitRequest) -> Result<OrchestratedResult, ErrorBody> {
-        let spec = TaskSpec::from_request(request, &self.config)?;
-        let result = self.pipeline.run(spec).await;
-        self.stats.record(&result);
+        let spec = self.spec(request)?;
+        self.check_refs(&spec).await?;
+        let id = spec.task_id.clone();
+        let pending = async {
+            match &self.results {
+                Some(store) => store.start(&id).await.ok(),
+                None => None,
+            }
+        };
+        let (result, pending) = tokio::join!(self.run(spec), pending);
+        self.finish_event(&result).await;
+        self.store(&result, pending).await;
         Ok(result)
     }
 
-    /// This coordinator's statistics.
+    async fn store(&self, result: &OrchestratedResult, pending: Option<Stored>) {
+        let Some(store) = &self.results else { return };
+        let revision = match pending {
+            Some(Stored::Pending { revision, .. }) => Some(revision),
+            _ => None,
+        };
+        match store.finish(result, revision).await {
+            Ok(Finish::Stored) => store.announce(result).await,
+            Ok(Finish::AlreadyDone(_)) => {
+                tracing::warn!(task_id = %result.task_id, "a result for this task id was already stored; kept the first");
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %result.task_id, error = %e, "storing the result failed")
+            }
+        }
+    }
+
+    /// Runs a durable task exactly once: skips it when a result is stored,
+    /// stores with compare-and-set otherwise, and publishes the final event
+    /// only for the stored result.
+    ///
+    /// # Errors
+    /// When the result could not be stored (the task is redelivered).
+    pub async fn run_durable(&self, spec: TaskSpec, deliveries: i64) -> Result<(), String> {
+        let store = self
+            .results
+            .as_ref()
+            .ok_or("durable intake without a result store")?;
+        let id = spec.task_id.clone();
+        let pending_revision = match store.start(&id).await.map_err(|e| e.to_string())? {
+            Stored::Done(existing) => {
+                tracing::info!(task_id = %id, deliveries, "redelivered task already finished; acknowledging");
+                self.ensure_final_event(&existing).await;
+                store.announce(&existing).await;
+                return Ok(());
+            }
+            Stored::Pending { revision, marker } => {
+                if marker.coordinator != self.dispatcher.instance() || deliveries > 1 {
+                    tracing::info!(task_id = %id, previous = %marker.coordinator, deliveries, "taking over an unfinished task");
+                }
+                Some(revision)
+            }
+            Stored::Missing => None,
+        };
+        if let Err(body) = self.check_refs(&spec).await {
+            // The request is fine but its screenshot is not: a result with the error,
+            // not a dead letter, so the client learns why.
+            tracing::warn!(task_id = %id, error = %body, "durable task refused");
+        }
+        let result = self.run(spec).await;
+        match store
+            .finish(&result, pending_revision)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Finish::Stored => {
+                self.finish_event(&result).await;
+                store.announce(&result).await;
+            }
+            Finish::AlreadyDone(existing) => {
+                tracing::info!(task_id = %id, "another coordinator finished this task first; its result stands");
+                self.ensure_final_event(&existing).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// This coordinator's statistics (shared numbers with JetStream).
     pub fn stats(&self) -> StatsReport {
         let in_flight = (self.config.max_in_flight - self.permits.available_permits()) as u64;
-        let report = self.stats.report(
-            in_flight,
-            &format!("coordinator:{}", self.dispatcher.instance()),
-        );
+        let scope = if self.shared_stats {
+            "shared".to_string()
+        } else {
+            format!("coordinator:{}", self.dispatcher.instance())
+        };
+        let report = self.stats.report(in_flight, &scope);
         if let Some(h) = &self.health {
             let slow = h.slow_consumers();
             if slow > 0 {
@@ -154,30 +457,120 @@ impl Coordinator {
             .clone()
             .and_then(|enc| enc.decode::<SubmitRequest>(&msg.payload));
         let enc = enc.unwrap_or_default();
-        let outcome = match decoded {
-            Ok(req) => self.execute(req).await,
+        let spec = match decoded {
+            Ok(req) => self.spec(req),
             Err(e) => Err(e.to_body()),
         };
-        match outcome {
-            Ok(result) => match enc.encode(&result) {
-                Ok(payload) => respond(&request, enc.headers(), payload).await,
-                Err(e) => {
-                    let body =
-                        ErrorBody::new(ErrorCode::Internal, format!("encoding the result: {e}"));
-                    reply_error(&request, enc, &body).await;
-                }
+        let spec = match spec {
+            Ok(spec) => match self.check_refs(&spec).await {
+                Ok(()) => Ok(spec),
+                Err(e) => Err(e),
             },
+            Err(e) => Err(e),
+        };
+        let spec = match spec {
+            Ok(spec) => spec,
             Err(body) => {
                 tracing::warn!(
                     code = %body.error.code, error = %body.error.message,
                     bytes = msg.payload.len(), "submit refused"
                 );
                 reply_error(&request, enc, &body).await;
+                return;
             }
+        };
+        let id = spec.task_id.clone();
+        let pending = async {
+            match &self.results {
+                Some(store) => store.start(&id).await.ok(),
+                None => None,
+            }
+        };
+        let (result, pending) = tokio::join!(self.run(spec), pending);
+        self.finish_event(&result).await;
+        // Reply first: storing the result is for later readers, not this caller.
+        match enc.encode(&result) {
+            Ok(payload) => respond(&request, enc.headers(), payload).await,
+            Err(e) => {
+                let body = ErrorBody::new(ErrorCode::Internal, format!("encoding the result: {e}"));
+                reply_error(&request, enc, &body).await;
+            }
+        }
+        self.store(&result, pending).await;
+    }
+
+    async fn handle_results_get(&self, request: service::Request) {
+        let enc = Encoding::from_headers(request.message.headers.as_ref());
+        let query = enc
+            .clone()
+            .and_then(|enc| enc.decode::<ResultQuery>(&request.message.payload));
+        let enc = enc.unwrap_or_default();
+        let outcome: Result<OrchestratedResult, ErrorBody> = async {
+            let query = query.map_err(|e| e.to_body())?;
+            let id: TaskId = query
+                .task_id
+                .parse()
+                .map_err(|e: orch_shared::ids::InvalidId| {
+                    ErrorBody::new(ErrorCode::InvalidRequest, e.to_string())
+                })?;
+            let store = self.results.as_ref().ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::NotFound,
+                    "results are not stored: this coordinator runs without JetStream",
+                )
+            })?;
+            match store.lookup(&id).await {
+                Ok(Stored::Done(r)) => Ok(*r),
+                Ok(Stored::Pending { marker, .. }) => Err(ErrorBody::new(
+                    ErrorCode::Pending,
+                    format!(
+                        "task {id} is running (since {}, coordinator {})",
+                        marker.since, marker.coordinator
+                    ),
+                )),
+                Ok(Stored::Missing) => {
+                    let queued = match &self.durable {
+                        Some(d) => d
+                            .tasks
+                            .get_last_raw_message_by_subject(&subjects::task(&id))
+                            .await
+                            .is_ok(),
+                        None => false,
+                    };
+                    if queued {
+                        Err(ErrorBody::new(
+                            ErrorCode::Pending,
+                            format!("task {id} is queued"),
+                        ))
+                    } else {
+                        Err(ErrorBody::new(
+                            ErrorCode::NotFound,
+                            format!("no result for task {id}"),
+                        ))
+                    }
+                }
+                Err(e) => Err(ErrorBody::new(ErrorCode::Internal, e.to_string())),
+            }
+        }
+        .await;
+        match outcome {
+            Ok(r) => match enc.encode(&r) {
+                Ok(p) => respond(&request, enc.headers(), p).await,
+                Err(e) => {
+                    reply_error(
+                        &request,
+                        enc,
+                        &ErrorBody::new(ErrorCode::Internal, e.to_string()),
+                    )
+                    .await
+                }
+            },
+            Err(body) => reply_error(&request, enc, &body).await,
         }
     }
 
     async fn handle_stats(&self, request: service::Request) {
+        self.settle_stats().await;
         let enc = Encoding::from_headers(request.message.headers.as_ref()).unwrap_or_default();
         match enc.encode(&self.stats()) {
             Ok(p) => respond(&request, enc.headers(), p).await,
@@ -259,6 +652,12 @@ pub async fn serve(
         .add(subjects::STATS)
         .await
         .map_err(start_err)?;
+    let mut results = service
+        .endpoint_builder()
+        .name("results")
+        .add(subjects::RESULTS_GET)
+        .await
+        .map_err(start_err)?;
     tracing::info!(
         subject = subjects::SUBMIT,
         max_in_flight = coord.config.max_in_flight,
@@ -266,6 +665,20 @@ pub async fn serve(
     );
 
     let tasks = TaskTracker::new();
+    let intake_stop = CancellationToken::new();
+    let intake = coord.durable.clone().map(|d| {
+        coord.background.spawn(crate::intake::run_dead_letter_mover(
+            client.clone(),
+            d.clone(),
+            coord.stop_background.clone(),
+        ));
+        tokio::spawn(crate::intake::run(
+            coord.clone(),
+            d,
+            tasks.clone(),
+            intake_stop.clone(),
+        ))
+    });
     let mut closed: Option<&'static str> = None;
     loop {
         tokio::select! {
@@ -279,12 +692,24 @@ pub async fn serve(
                 Some(request) => coord.handle_stats(request).await,
                 None => { closed = Some("stats"); break; }
             },
+            next = results.next() => match next {
+                Some(request) => {
+                    let coord = coord.clone();
+                    tasks.spawn(async move { coord.handle_results_get(request).await });
+                }
+                None => { closed = Some("results"); break; }
+            },
         }
     }
 
     tracing::info!(running = tasks.len(), "coordinator draining");
+    intake_stop.cancel();
+    if let Some(intake) = intake {
+        let _ = intake.await;
+    }
     let _ = submit.stop().await;
     let _ = stats.stop().await;
+    let _ = results.stop().await;
     while let Ok(Some(request)) =
         tokio::time::timeout(Duration::from_millis(100), submit.next()).await
     {

@@ -1,45 +1,133 @@
-//! The seed's `get_stats()` numbers for this coordinator, plus latency
-//! percentiles for the task and for every role/slot.
+//! The seed's `get_stats()` numbers plus latency percentiles for the task and
+//! for every role/slot.
+//!
+//! Every finished task yields a [`StatsDelta`]; it travels inside the task's
+//! final event (`action_complete` / `action_failed`). With JetStream, every
+//! coordinator folds the final events of the `ORCH_EVENTS` stream into its
+//! [`Stats`] (see [`crate::projection`]), so all coordinators report the same
+//! numbers, and they survive restarts. Without JetStream each coordinator
+//! applies its own deltas.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 use orch_shared::wire::{LatencySummary, OrchestratedResult, StatsReport};
+use serde::{Deserialize, Serialize};
 
 /// Histogram range: 1 µs .. 1 hour, 3 significant digits.
 const HIST_MAX_US: u64 = 3_600_000_000;
+
+/// One task's contribution to the stats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsDelta {
+    /// Whether the task produced a primary answer.
+    pub succeeded: bool,
+    /// Its confidence.
+    pub confidence: f64,
+    /// Its wall time.
+    pub execution_time_ms: f64,
+    /// Conflicts found.
+    pub conflicts: u64,
+    /// Failed attempts.
+    pub fallbacks: u64,
+    /// Successful results per model id.
+    pub model_usage: BTreeMap<String, u64>,
+    /// Latencies: `task` and `role/slot` of every successful attempt.
+    pub latency_ms: Vec<(String, f64)>,
+    /// Served from the cache.
+    pub cached: bool,
+}
+
+impl StatsDelta {
+    /// The contribution of `r`.
+    pub fn of(r: &OrchestratedResult) -> StatsDelta {
+        let mut model_usage = BTreeMap::new();
+        for m in r
+            .model_results
+            .values()
+            .filter(|m| m.success && !m.model.is_empty())
+        {
+            *model_usage.entry(m.model.clone()).or_default() += 1;
+        }
+        let mut latency_ms = vec![("task".to_string(), r.execution_time_ms)];
+        if !r.cached {
+            latency_ms.extend(
+                r.attempts
+                    .iter()
+                    .filter(|a| a.outcome == "ok")
+                    .map(|a| (format!("{}/{}", a.role, a.slot), a.latency_ms)),
+            );
+        }
+        StatsDelta {
+            succeeded: r.succeeded(),
+            confidence: r.confidence,
+            execution_time_ms: r.execution_time_ms,
+            conflicts: r.conflicts.len() as u64,
+            fallbacks: if r.cached {
+                0
+            } else {
+                r.fallback_chain.len() as u64
+            },
+            model_usage: if r.cached {
+                BTreeMap::new()
+            } else {
+                model_usage
+            },
+            latency_ms,
+            cached: r.cached,
+        }
+    }
+}
+
+/// Serializable totals (for snapshots).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsState {
+    /// Tasks.
+    pub total: u64,
+    /// Tasks with a primary answer.
+    pub successes: u64,
+    /// Sum of confidences, in millionths (integers, so every coordinator adds up
+    /// to exactly the same number whatever the order).
+    pub confidence_sum_ppm: u64,
+    /// Sum of wall times, in microseconds.
+    pub time_sum_us: u64,
+    /// Conflicts.
+    pub conflicts: u64,
+    /// Failed attempts.
+    pub fallbacks: u64,
+    /// Cache hits.
+    pub cache_hits: u64,
+    /// Per model.
+    pub model_usage: BTreeMap<String, u64>,
+    /// Histograms as (value in µs, count) pairs.
+    pub latency: BTreeMap<String, Vec<(u64, u64)>>,
+}
 
 #[derive(Default)]
 struct Inner {
     total: u64,
     successes: u64,
-    confidence_sum: f64,
-    time_sum_ms: f64,
+    confidence_sum_ppm: u64,
+    time_sum_us: u64,
     conflicts: u64,
     fallbacks: u64,
+    cache_hits: u64,
     model_usage: BTreeMap<String, u64>,
     latency: BTreeMap<String, Histogram<u64>>,
 }
 
-/// Running totals for one coordinator process.
-#[derive(Default)]
-pub struct Stats {
-    inner: Mutex<Inner>,
+fn new_hist() -> Option<Histogram<u64>> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).ok()
 }
 
-fn record(h: &mut BTreeMap<String, Histogram<u64>>, key: &str, ms: f64) {
-    let us = (ms * 1000.0).clamp(1.0, HIST_MAX_US as f64) as u64;
+fn record(h: &mut BTreeMap<String, Histogram<u64>>, key: &str, us: u64, count: u64) {
     if !h.contains_key(key) {
-        match Histogram::new_with_bounds(1, HIST_MAX_US, 3) {
-            Ok(hist) => {
-                h.insert(key.to_string(), hist);
-            }
-            Err(_) => return,
-        }
+        let Some(hist) = new_hist() else { return };
+        h.insert(key.to_string(), hist);
     }
     if let Some(hist) = h.get_mut(key) {
-        hist.saturating_record(us);
+        let _ = hist.record_n(us.clamp(1, HIST_MAX_US), count);
     }
 }
 
@@ -55,29 +143,84 @@ pub fn summarize(h: &Histogram<u64>) -> LatencySummary {
     }
 }
 
+/// Running totals.
+#[derive(Default)]
+pub struct Stats {
+    inner: Mutex<Inner>,
+}
+
 impl Stats {
     /// Adds one finished task.
-    pub fn record(&self, r: &OrchestratedResult) {
+    pub fn apply(&self, d: &StatsDelta) {
         let Ok(mut s) = self.inner.lock() else { return };
         s.total += 1;
-        if r.succeeded() {
+        if d.succeeded {
             s.successes += 1;
         }
-        s.confidence_sum += r.confidence;
-        s.time_sum_ms += r.execution_time_ms;
-        s.conflicts += r.conflicts.len() as u64;
-        s.fallbacks += r.fallback_chain.len() as u64;
-        for m in r.model_results.values().filter(|m| m.success) {
-            *s.model_usage.entry(m.model.clone()).or_default() += 1;
+        if d.cached {
+            s.cache_hits += 1;
         }
-        record(&mut s.latency, "task", r.execution_time_ms);
-        for a in r.attempts.iter().filter(|a| a.outcome == "ok") {
-            record(
-                &mut s.latency,
-                &format!("{}/{}", a.role, a.slot),
-                a.latency_ms,
-            );
+        s.confidence_sum_ppm += (d.confidence.clamp(0.0, 1.0) * 1e6).round() as u64;
+        s.time_sum_us += (d.execution_time_ms.max(0.0) * 1000.0).round() as u64;
+        s.conflicts += d.conflicts;
+        s.fallbacks += d.fallbacks;
+        for (m, n) in &d.model_usage {
+            *s.model_usage.entry(m.clone()).or_default() += n;
         }
+        for (series, ms) in &d.latency_ms {
+            record(&mut s.latency, series, (ms * 1000.0).max(1.0) as u64, 1);
+        }
+    }
+
+    /// The totals, for a snapshot.
+    pub fn state(&self) -> StatsState {
+        let Ok(s) = self.inner.lock() else {
+            return StatsState::default();
+        };
+        StatsState {
+            total: s.total,
+            successes: s.successes,
+            confidence_sum_ppm: s.confidence_sum_ppm,
+            time_sum_us: s.time_sum_us,
+            conflicts: s.conflicts,
+            fallbacks: s.fallbacks,
+            cache_hits: s.cache_hits,
+            model_usage: s.model_usage.clone(),
+            latency: s
+                .latency
+                .iter()
+                .map(|(k, h)| {
+                    (
+                        k.clone(),
+                        h.iter_recorded()
+                            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces the totals with a snapshot.
+    pub fn restore(&self, st: &StatsState) {
+        let Ok(mut s) = self.inner.lock() else { return };
+        let mut latency = BTreeMap::new();
+        for (k, pairs) in &st.latency {
+            for (us, n) in pairs {
+                record(&mut latency, k, *us, *n);
+            }
+        }
+        *s = Inner {
+            total: st.total,
+            successes: st.successes,
+            confidence_sum_ppm: st.confidence_sum_ppm,
+            time_sum_us: st.time_sum_us,
+            conflicts: st.conflicts,
+            fallbacks: st.fallbacks,
+            cache_hits: st.cache_hits,
+            model_usage: st.model_usage.clone(),
+            latency,
+        };
     }
 
     /// The current numbers.
@@ -86,22 +229,16 @@ impl Stats {
             return StatsReport::default();
         };
         let n = s.total.max(1) as f64;
+        let avg = |x: f64| if s.total == 0 { 0.0 } else { x / n };
         StatsReport {
             total_executions: s.total,
-            success_rate: if s.total == 0 {
-                0.0
-            } else {
-                s.successes as f64 / n
-            },
-            avg_confidence: if s.total == 0 {
-                0.0
-            } else {
-                s.confidence_sum / n
-            },
-            avg_execution_time_ms: if s.total == 0 { 0.0 } else { s.time_sum_ms / n },
+            success_rate: avg(s.successes as f64),
+            avg_confidence: avg(s.confidence_sum_ppm as f64 / 1e6),
+            avg_execution_time_ms: avg(s.time_sum_us as f64 / 1000.0),
             conflicts_detected: s.conflicts,
             fallbacks_triggered: s.fallbacks,
             model_usage: s.model_usage.clone(),
+            cache_hits: s.cache_hits,
             latency: s
                 .latency
                 .iter()
@@ -110,5 +247,53 @@ impl Stats {
             in_flight,
             scope: scope.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(ok: bool, ms: f64) -> StatsDelta {
+        StatsDelta {
+            succeeded: ok,
+            confidence: if ok { 0.8 } else { 0.0 },
+            execution_time_ms: ms,
+            conflicts: 1,
+            fallbacks: 2,
+            model_usage: [("m".to_string(), 2)].into_iter().collect(),
+            latency_ms: vec![("task".into(), ms), ("reasoner/local".into(), ms / 2.0)],
+            cached: false,
+        }
+    }
+
+    #[test]
+    fn deltas_add_up() {
+        let s = Stats::default();
+        s.apply(&delta(true, 10.0));
+        s.apply(&delta(false, 30.0));
+        let r = s.report(0, "t");
+        assert_eq!(r.total_executions, 2);
+        assert_eq!(r.success_rate, 0.5);
+        assert!((r.avg_confidence - 0.4).abs() < 1e-9);
+        assert!((r.avg_execution_time_ms - 20.0).abs() < 1e-9);
+        assert_eq!(r.conflicts_detected, 2);
+        assert_eq!(r.fallbacks_triggered, 4);
+        assert_eq!(r.model_usage["m"], 4);
+        assert_eq!(r.latency["task"].count, 2);
+        assert!((r.latency["task"].max_ms - 30.0).abs() < 0.1);
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let s = Stats::default();
+        for i in 0..100 {
+            s.apply(&delta(i % 3 != 0, f64::from(i) + 1.0));
+        }
+        let state = s.state();
+        let json = serde_json::to_string(&state).unwrap();
+        let t = Stats::default();
+        t.restore(&serde_json::from_str(&json).unwrap());
+        assert_eq!(s.report(0, "x"), t.report(0, "x"));
     }
 }

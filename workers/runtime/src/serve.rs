@@ -21,7 +21,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use orch_shared::codec::{Encoding, header_safe};
-use orch_shared::wire::{WorkReply, WorkRequest};
+use orch_shared::wire::{ObjectRef, WorkReply, WorkRequest};
 use orch_shared::{ErrorCode, Slot, headers, subjects};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -373,9 +373,20 @@ async fn run_job(
         ));
     }
     let deadline = received + budget;
-    let work: WorkRequest = enc
+    let mut work: WorkRequest = enc
         .decode(&request.message.payload)
         .map_err(|e| WorkError::new(e.code, e.message))?;
+    if work.screenshot.is_none()
+        && let Some(r) = work.screenshot_ref.take()
+    {
+        let fetch = fetch_screenshot(shared, &r);
+        let bytes = tokio::time::timeout_at(deadline.into(), fetch)
+            .await
+            .map_err(|_| {
+                WorkError::timed_out("the budget ran out while fetching the screenshot")
+            })??;
+        work.screenshot = Some(bytes.into());
+    }
     let role = shared.handler.role();
     if work.role != role || work.slot != shared.cfg.slot {
         return Err(WorkError::invalid_request(format!(
@@ -426,6 +437,50 @@ async fn run_job(
         worker_id: shared.worker_id.clone(),
         elapsed_ms,
     })
+}
+
+/// Largest screenshot fetched from the object store.
+const MAX_REF_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads a screenshot uploaded to the object store (large screenshots do not
+/// travel inline; see `orch_shared::wire::ObjectRef`).
+async fn fetch_screenshot(shared: &Shared, r: &ObjectRef) -> Result<Vec<u8>, WorkError> {
+    use tokio::io::AsyncReadExt as _;
+    if r.bucket != subjects::OBJ_SCREENSHOTS {
+        return Err(WorkError::invalid_request(format!(
+            "screenshot_ref bucket must be {}",
+            subjects::OBJ_SCREENSHOTS
+        )));
+    }
+    let js = async_nats::jetstream::new(shared.client.clone());
+    let store = js.get_object_store(&r.bucket).await.map_err(|e| {
+        WorkError::new(
+            ErrorCode::Unavailable,
+            format!("opening object store {}: {e}", r.bucket),
+        )
+    })?;
+    let object = store
+        .get(&r.name)
+        .await
+        .map_err(|e| WorkError::invalid_input(format!("screenshot `{}` not found: {e}", r.name)))?;
+    let mut out = Vec::new();
+    object
+        .take(MAX_REF_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .await
+        .map_err(|e| {
+            WorkError::new(
+                ErrorCode::Unavailable,
+                format!("reading screenshot `{}`: {e}", r.name),
+            )
+        })?;
+    if out.len() > MAX_REF_BYTES {
+        return Err(WorkError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("screenshot `{}` exceeds {MAX_REF_BYTES} bytes", r.name),
+        ));
+    }
+    Ok(out)
 }
 
 /// Runs `job` to completion, deadline or cancellation, publishing a heartbeat

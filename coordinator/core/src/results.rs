@@ -1,0 +1,202 @@
+//! Results in the `orch_results` bucket, keyed by task id, written so a task
+//! finishes **exactly once** even when two coordinators run it (a redelivery
+//! after a crash, or a slow coordinator whose ack deadline passed):
+//!
+//! 1. at start, a `pending` marker is *created* (or the existing one read);
+//! 2. at the end, the result replaces the marker with a compare-and-set on the
+//!    marker's revision (or a create when there was none).
+//!
+//! Only one writer can win step 2; the loser sees the stored result and does
+//! not publish a second `action_complete`. Winners announce the result on
+//! `orch.v1.results.<task_id>`.
+
+use async_nats::Client;
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use orch_shared::codec::Encoding;
+use orch_shared::wire::{OrchestratedResult, now_rfc3339};
+use orch_shared::{TaskId, subjects};
+use serde::{Deserialize, Serialize};
+
+/// The marker stored while a task runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Always `pending`.
+    pub status: String,
+    /// The task.
+    pub task_id: String,
+    /// When the marker was written.
+    pub since: String,
+    /// Which coordinator wrote it.
+    pub coordinator: String,
+}
+
+/// What the bucket holds for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// Nothing.
+    Missing,
+    /// A run started; `revision` is the marker's.
+    Pending {
+        /// KV revision of the marker.
+        revision: u64,
+        /// The marker.
+        marker: Pending,
+    },
+    /// Finished.
+    Done(Box<OrchestratedResult>),
+}
+
+/// The outcome of trying to store a final result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// This run's result is the stored one.
+    Stored,
+    /// Another run stored its result first (this is it).
+    AlreadyDone(Box<OrchestratedResult>),
+}
+
+/// A results bucket failure.
+#[derive(Debug, thiserror::Error)]
+#[error("results store: {0}")]
+pub struct StoreError(pub String);
+
+/// Access to the results bucket.
+#[derive(Clone)]
+pub struct ResultStore {
+    kv: kv::Store,
+    client: Client,
+    coordinator: String,
+}
+
+fn decode(bytes: &[u8]) -> Result<Result<OrchestratedResult, Pending>, StoreError> {
+    if let Ok(p) = serde_json::from_slice::<Pending>(bytes)
+        && p.status == "pending"
+    {
+        return Ok(Err(p));
+    }
+    serde_json::from_slice::<OrchestratedResult>(bytes)
+        .map(Ok)
+        .map_err(|e| StoreError(format!("undecodable entry: {e}")))
+}
+
+impl ResultStore {
+    /// Wraps the bucket.
+    pub fn new(kv: kv::Store, client: Client, coordinator: &str) -> ResultStore {
+        ResultStore {
+            kv,
+            client,
+            coordinator: coordinator.to_string(),
+        }
+    }
+
+    /// What is stored for `id`.
+    ///
+    /// # Errors
+    /// When the bucket cannot be read.
+    pub async fn lookup(&self, id: &TaskId) -> Result<Stored, StoreError> {
+        let entry = self
+            .kv
+            .entry(id.as_str())
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        let Some(entry) = entry else {
+            return Ok(Stored::Missing);
+        };
+        if matches!(
+            entry.operation,
+            kv::Operation::Delete | kv::Operation::Purge
+        ) {
+            return Ok(Stored::Missing);
+        }
+        Ok(match decode(&entry.value)? {
+            Ok(result) => Stored::Done(Box::new(result)),
+            Err(marker) => Stored::Pending {
+                revision: entry.revision,
+                marker,
+            },
+        })
+    }
+
+    /// Records that a run of `id` started, unless something is already stored.
+    /// Returns what was there before (or the new marker).
+    ///
+    /// # Errors
+    /// When the bucket cannot be written or read.
+    pub async fn start(&self, id: &TaskId) -> Result<Stored, StoreError> {
+        let marker = Pending {
+            status: "pending".into(),
+            task_id: id.to_string(),
+            since: now_rfc3339(),
+            coordinator: self.coordinator.clone(),
+        };
+        let bytes = serde_json::to_vec(&marker).map_err(|e| StoreError(e.to_string()))?;
+        match self.kv.create(id.as_str(), Bytes::from(bytes)).await {
+            Ok(revision) => Ok(Stored::Pending { revision, marker }),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self.lookup(id).await,
+            Err(e) => Err(StoreError(e.to_string())),
+        }
+    }
+
+    /// Stores the final result unless another run already did.
+    ///
+    /// # Errors
+    /// When the bucket cannot be written or read.
+    pub async fn finish(
+        &self,
+        result: &OrchestratedResult,
+        pending_revision: Option<u64>,
+    ) -> Result<Finish, StoreError> {
+        let id: TaskId = result
+            .task_id
+            .parse()
+            .map_err(|e| StoreError(format!("{e}")))?;
+        let bytes = Bytes::from(serde_json::to_vec(result).map_err(|e| StoreError(e.to_string()))?);
+        let written = match pending_revision {
+            Some(rev) => self
+                .kv
+                .update(id.as_str(), bytes, rev)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => self
+                .kv
+                .create(id.as_str(), bytes)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(()) => Ok(Finish::Stored),
+            Err(write_err) => match self.lookup(&id).await? {
+                Stored::Done(other) => Ok(Finish::AlreadyDone(other)),
+                // Another run re-marked it (its marker replaced ours): we lost the race
+                // for the marker but nobody finished; store ours over the newer marker.
+                Stored::Pending { revision, .. } if Some(revision) != pending_revision => {
+                    Box::pin(self.finish(result, Some(revision))).await
+                }
+                _ => Err(StoreError(write_err)),
+            },
+        }
+    }
+
+    /// Announces a stored result on `orch.v1.results.<task_id>` (best effort:
+    /// waiters also poll `orch.v1.results.get`).
+    pub async fn announce(&self, result: &OrchestratedResult) {
+        let Ok(id) = result.task_id.parse::<TaskId>() else {
+            return;
+        };
+        match Encoding::Json.encode(result) {
+            Ok(payload) => {
+                if let Err(e) = self
+                    .client
+                    .publish_with_headers(subjects::result(&id), Encoding::Json.headers(), payload)
+                    .await
+                {
+                    tracing::warn!(task_id = %id, error = %e, "announcing a result failed");
+                }
+            }
+            Err(e) => tracing::warn!(task_id = %id, error = %e, "encoding a result failed"),
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! JetStream: durable intake with exactly-once results, stored results,
+//! event replay, shared stats, cache, large screenshots, dead letters.
+//! Every test runs a real nats-server with file storage.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use nix::sys::signal::Signal;
+use orch_client::{
+    ClientError, ErrorCode, EventKind, Orchestrator, ReplayFrom, SubmitRequest, TaskId,
+};
+use orch_coordinator::config::DurableConfig;
+use orch_coordinator::{Coordinator, CoordinatorConfig};
+use orch_shared::{Role, subjects};
+use orch_tests::fleet::{Fleet, WorkerSpec};
+use orch_tests::nats::{NatsServer, ServerOptions};
+use orch_tests::process::Proc;
+use orch_tests::wait::{eventually, within};
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(60);
+
+fn reasoner_only(task: &str, id: &str) -> SubmitRequest {
+    SubmitRequest {
+        tools: Some(vec!["reasoner".into()]),
+        task_id: Some(id.into()),
+        ..SubmitRequest::new(task)
+    }
+}
+
+/// Every final event in the event stream, per task id.
+async fn final_events(orch: &Orchestrator) -> BTreeMap<String, usize> {
+    let js = orch.jetstream();
+    let stream = js.get_stream(subjects::STREAM_EVENTS).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subjects: vec![
+                "orch.v1.events.*.action_complete".into(),
+                "orch.v1.events.*.action_failed".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut counts = BTreeMap::new();
+    let mut msgs = consumer.messages().await.unwrap();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await
+    {
+        let id = m.subject.split('.').nth(3).unwrap().to_string();
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_duplicate_publish_is_answered_once() {
+    let nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![WorkerSpec::sim(Role::Reasoner, "kimi_k2")],
+    )
+    .await;
+    let req = reasoner_only("plan once", "dup-1");
+    let a = within(T, "first publish", fleet.orch.submit_durable(&req))
+        .await
+        .unwrap();
+    let b = within(T, "second publish", fleet.orch.submit_durable(&req))
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    // Also a raw publish, as a client in another language would do it.
+    let js = fleet.orch.jetstream();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", "dup-1");
+    let ack = js
+        .publish_with_headers(
+            "orch.v1.tasks.dup-1",
+            h,
+            serde_json::to_vec(&req).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(ack.duplicate, "the stream drops the duplicate");
+
+    let r = within(T, "result", fleet.orch.wait_result(&a, T))
+        .await
+        .unwrap();
+    assert!(r.succeeded());
+    assert_eq!(r.task_id, "dup-1");
+    let finals = final_events(&fleet.orch).await;
+    assert_eq!(finals.get("dup-1"), Some(&1), "{finals:?}");
+    let stats = fleet.orch.stats().await.unwrap();
+    assert_eq!(stats.total_executions, 1);
+    assert_eq!(stats.scope, "shared");
+}
+
+#[tokio::test]
+async fn results_are_stored_and_readable_by_id() {
+    let nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![
+            WorkerSpec::sim(Role::Reasoner, "kimi_k2")
+                .with(|s| s.latency = Duration::from_millis(800)),
+        ],
+    )
+    .await;
+    // Request/reply results are stored too.
+    let r = within(
+        T,
+        "execute",
+        fleet.orch.execute(&reasoner_only("stored", "rr-1")),
+    )
+    .await
+    .unwrap();
+    let id: TaskId = "rr-1".parse().unwrap();
+    let stored = eventually(T, "stored result", || async {
+        fleet.orch.result(&id).await.ok()
+    })
+    .await;
+    assert_eq!(stored, r);
+    // Unknown id: not_found. Running durable task: pending.
+    let missing: TaskId = "never-submitted".parse().unwrap();
+    let err = fleet.orch.result(&missing).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    let slow = fleet
+        .orch
+        .submit_durable(&reasoner_only("slow", "pending-1"))
+        .await
+        .unwrap();
+    let err = eventually(T, "pending", || async {
+        match fleet.orch.result(&slow).await {
+            Err(e) if e.code() == Some(ErrorCode::Pending) => Some(e),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(err.to_string().contains("pending-1"), "{err}");
+    let done = within(T, "wait_result", fleet.orch.wait_result(&slow, T))
+        .await
+        .unwrap();
+    assert!(done.succeeded());
+    // Bad query.
+    let bad = fleet
+        .orch
+        .nats()
+        .request(subjects::RESULTS_GET, "{}".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        bad.headers.unwrap().get("Orch-Error").unwrap().as_str(),
+        "invalid_request"
+    );
+}
+
+#[tokio::test]
+async fn per_task_events_replay_in_order() {
+    let nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![
+            WorkerSpec::sim(Role::Web, "default"),
+            WorkerSpec::sim(Role::Reasoner, "chatgpt"),
+            WorkerSpec::sim(Role::Verifier, "chatgpt"),
+        ],
+    )
+    .await;
+    let mut req = reasoner_only("replay me", "replay-1");
+    req.tools = Some(vec!["web".into(), "kimi_k2".into(), "chatgpt".into()]);
+    within(T, "execute", fleet.orch.execute(&req))
+        .await
+        .unwrap();
+    let id: TaskId = "replay-1".parse().unwrap();
+    let mut replay = fleet
+        .orch
+        .replay_events(Some(&id), None, ReplayFrom::Start)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    within(T, "replay", async {
+        while let Some(e) = replay.next().await {
+            let (seq, e) = e.unwrap();
+            assert_eq!(e.task_id, "replay-1");
+            let done = matches!(e.kind, EventKind::ActionComplete | EventKind::ActionFailed);
+            seen.push((seq, e));
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let kinds: Vec<String> = seen
+        .iter()
+        .map(
+            |(_, e)| match e.details.get("phase").and_then(|p| p.as_str()) {
+                Some(p) => format!("{}:{p}", e.kind.as_str()),
+                None => e.kind.as_str().to_string(),
+            },
+        )
+        .collect();
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| x == k)
+            .unwrap_or_else(|| panic!("{k} missing in {kinds:?}"))
+    };
+    assert_eq!(pos("action_start"), 0);
+    assert!(pos("phase_started:parallel") < pos("phase_completed:parallel"));
+    assert!(pos("phase_completed:parallel") < pos("phase_started:reasoning"));
+    assert!(
+        pos("fallback") > pos("phase_started:reasoning"),
+        "kimi_k2 has no workers"
+    );
+    assert!(pos("phase_completed:reasoning") < pos("phase_started:verification"));
+    assert_eq!(pos("action_complete"), kinds.len() - 1);
+    // Every event carries the task id, a kind and a timestamp.
+    assert!(seen.iter().all(|(_, e)| e.ts.ends_with('Z')));
+}
+
+#[tokio::test]
+async fn the_cache_serves_identical_requests() {
+    let nats = NatsServer::start();
+    let config = CoordinatorConfig {
+        durable: Some(DurableConfig {
+            cache_ttl: Some(Duration::from_secs(60)),
+            ..DurableConfig::default()
+        }),
+        ..CoordinatorConfig::default()
+    };
+    let fleet = Fleet::start(
+        &nats.url(),
+        config,
+        vec![WorkerSpec::sim(Role::Reasoner, "kimi_k2")],
+    )
+    .await;
+    let mut req = reasoner_only("cache me", "c1");
+    let first = within(T, "first", fleet.orch.execute(&req)).await.unwrap();
+    assert!(!first.cached);
+    req.task_id = Some("c2".into());
+    let second = within(T, "second", fleet.orch.execute(&req)).await.unwrap();
+    assert!(second.cached, "identical request served from the cache");
+    assert_eq!(second.task_id, "c2");
+    assert_eq!(second.primary_answer, first.primary_answer);
+    req.task_id = Some("c3".into());
+    req.cache = Some(false);
+    let third = within(T, "third", fleet.orch.execute(&req)).await.unwrap();
+    assert!(!third.cached, "opted out");
+    req.task = "something else".into();
+    req.cache = None;
+    req.task_id = Some("c4".into());
+    assert!(
+        !within(T, "fourth", fleet.orch.execute(&req))
+            .await
+            .unwrap()
+            .cached
+    );
+    let found = fleet
+        .orch
+        .workers(Duration::from_millis(300))
+        .await
+        .unwrap();
+    let reasoner = found.iter().find(|s| s.name == "orch-reasoner").unwrap();
+    assert_eq!(
+        reasoner.requests, 3,
+        "the cached task never reached a worker"
+    );
+    let stats = fleet.orch.stats().await.unwrap();
+    assert_eq!(stats.cache_hits, 1);
+    assert_eq!(stats.total_executions, 4);
+}
+
+#[tokio::test]
+async fn a_five_megabyte_screenshot_works_end_to_end() {
+    let nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![
+            WorkerSpec::sim(Role::Vision, "default"),
+            WorkerSpec::sim(Role::Reasoner, "kimi_k2"),
+        ],
+    )
+    .await;
+    let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    png.resize(5 * 1024 * 1024, 7);
+    let req = SubmitRequest {
+        tools: Some(vec!["vision".into(), "kimi_k2".into()]),
+        screenshot: Some(png.clone().into()),
+        ..SubmitRequest::new("look at this big page")
+    };
+    // Request/reply: the SDK uploads first and sends a reference.
+    let r = within(T, "execute", fleet.orch.execute(&req))
+        .await
+        .unwrap();
+    let v = &r.model_results[&Role::Vision];
+    assert!(v.success, "{v:?}");
+    assert!(
+        v.content["description"]
+            .as_str()
+            .unwrap()
+            .contains("5242880-byte"),
+        "{v:?}"
+    );
+    // Durable, in MessagePack.
+    let durable = fleet.orch.clone().with_msgpack();
+    let id = within(T, "durable submit", durable.submit_durable(&req))
+        .await
+        .unwrap();
+    let r = within(T, "durable result", durable.wait_result(&id, T))
+        .await
+        .unwrap();
+    assert!(r.model_results[&Role::Vision].success);
+    // A reference to a missing object is refused at submit.
+    let bad = SubmitRequest {
+        tools: Some(vec!["vision".into()]),
+        screenshot_ref: Some(orch_shared::wire::ObjectRef::screenshot("no-such-object")),
+        ..SubmitRequest::new("look")
+    };
+    let err = fleet.orch.execute(&bad).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+}
+
+#[tokio::test]
+async fn malformed_durable_tasks_are_dead_lettered_with_the_reason() {
+    let nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![WorkerSpec::sim(Role::Reasoner, "kimi_k2")],
+    )
+    .await;
+    let js = fleet.orch.jetstream();
+    for (subject, payload) in [
+        ("orch.v1.tasks.bad-json", &b"{nope"[..]),
+        ("orch.v1.tasks.no-task", &br#"{"tools":["reasoner"]}"#[..]),
+        (
+            "orch.v1.tasks.mismatch",
+            &br#"{"task":"x","task_id":"other"}"#[..],
+        ),
+    ] {
+        js.publish(subject, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let dead = js.get_stream(subjects::STREAM_DEAD).await.unwrap();
+    let reasons = eventually(T, "three dead letters", || {
+        let dead = dead.clone();
+        async move {
+            let mut out = BTreeMap::new();
+            for id in ["bad-json", "no-task", "mismatch"] {
+                let m = dead
+                    .get_last_raw_message_by_subject(&subjects::dead(id))
+                    .await
+                    .ok()?;
+                out.insert(id, m.headers.get("Orch-Dead-Reason")?.as_str().to_string());
+            }
+            Some(out)
+        }
+    })
+    .await;
+    assert!(reasons["bad-json"].contains("malformed"), "{reasons:?}");
+    assert!(reasons["no-task"].contains("task"), "{reasons:?}");
+    assert!(reasons["mismatch"].contains("differs"), "{reasons:?}");
+    // The coordinator keeps serving durable tasks.
+    let id = fleet
+        .orch
+        .submit_durable(&reasoner_only("fine", "fine-1"))
+        .await
+        .unwrap();
+    assert!(
+        within(T, "good task", fleet.orch.wait_result(&id, T))
+            .await
+            .unwrap()
+            .succeeded()
+    );
+}
+
+#[tokio::test]
+async fn a_task_that_keeps_failing_is_dead_lettered_after_max_deliver() {
+    orch_tests::init_logs();
+    let nats = NatsServer::start();
+    let client = nats.connect().await;
+    let cfg = DurableConfig {
+        max_deliver: 2,
+        ack_wait: Duration::from_secs(1),
+        ..DurableConfig::default()
+    };
+    let durable = orch_coordinator::durable::Durable::setup(&client, &cfg)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let mover = tokio::spawn(orch_coordinator::intake::run_dead_letter_mover(
+        client.clone(),
+        durable.clone(),
+        stop.clone(),
+    ));
+    within(T, "flush", client.flush()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    js.publish(
+        "orch.v1.tasks.poison-1",
+        serde_json::to_vec(&reasoner_only("poison", "poison-1"))
+            .unwrap()
+            .into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // A coordinator that dies on this task every time: it takes the task and never acks.
+    let consumer: jetstream::consumer::PullConsumer = durable
+        .tasks
+        .get_consumer(subjects::CONSUMER_TASKS)
+        .await
+        .unwrap();
+    for attempt in 1..=2 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let m = within(T, "delivery", batch.next())
+            .await
+            .expect("a delivery")
+            .unwrap();
+        assert_eq!(m.info().unwrap().delivered, attempt);
+    }
+    // The server notices the exhausted task when someone asks for work again
+    // (every running coordinator keeps asking).
+    let mut empty = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .unwrap();
+    assert!(
+        within(T, "no third delivery", empty.next()).await.is_none(),
+        "no third delivery"
+    );
+    let dead = js.get_stream(subjects::STREAM_DEAD).await.unwrap();
+    let m = eventually(T, "dead letter after 2 deliveries", || {
+        let dead = dead.clone();
+        async move {
+            dead.get_last_raw_message_by_subject(&subjects::dead("poison-1"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert!(
+        m.headers
+            .get("Orch-Dead-Reason")
+            .unwrap()
+            .as_str()
+            .contains("max deliveries (2)"),
+        "{:?}",
+        m.headers
+    );
+    let body: SubmitRequest = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body.task, "poison", "the original task is kept");
+    let tasks = js.get_stream(subjects::STREAM_TASKS).await.unwrap();
+    eventually(T, "removed from the task stream", || {
+        let tasks = tasks.clone();
+        async move {
+            tasks
+                .get_last_raw_message_by_subject("orch.v1.tasks.poison-1")
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+    stop.cancel();
+    let _ = mover.await;
+}
+
+#[tokio::test]
+async fn stats_are_the_same_from_every_coordinator_and_survive_restarts() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut fleet = Fleet::start(
+        &url,
+        CoordinatorConfig::default(),
+        vec![
+            WorkerSpec::sim(Role::Web, "default"),
+            WorkerSpec::sim(Role::Reasoner, "chatgpt"),
+        ],
+    )
+    .await;
+    let second = Arc::new(
+        Coordinator::start(nats.connect().await, CoordinatorConfig::default())
+            .await
+            .unwrap(),
+    );
+    let stop2 = CancellationToken::new();
+    let serve2 = tokio::spawn(orch_coordinator::serve(second.clone(), stop2.clone()));
+    for i in 0..12 {
+        let req = SubmitRequest {
+            task_id: Some(format!("s{i}")),
+            ..SubmitRequest::new(format!("task {i}"))
+        };
+        if i % 2 == 0 {
+            within(T, "execute", fleet.orch.execute(&req))
+                .await
+                .unwrap();
+        } else {
+            let id = fleet.orch.submit_durable(&req).await.unwrap();
+            within(T, "durable", fleet.orch.wait_result(&id, T))
+                .await
+                .unwrap();
+        }
+    }
+    let strip = |mut s: orch_shared::wire::StatsReport| {
+        s.in_flight = 0;
+        s
+    };
+    let a = eventually(T, "both coordinators agree", || async {
+        let a = strip(fleet.coordinator.stats());
+        let b = strip(second.stats());
+        (a.total_executions == 12 && a == b).then_some(a)
+    })
+    .await;
+    assert_eq!(a.fallbacks_triggered, 12, "kimi_k2 has no workers");
+    assert_eq!(a.latency["reasoner/chatgpt"].count, 12);
+
+    // Restart: stop both, start a fresh one; it reports the same numbers.
+    stop2.cancel();
+    let _ = serve2.await;
+    fleet.stop_coordinator().await;
+    let third = Coordinator::start(nats.connect().await, CoordinatorConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        strip(third.stats()),
+        a,
+        "a new coordinator rebuilds the same stats"
+    );
+    // And after a server restart too.
+    drop(third);
+    let mut nats = nats;
+    nats.restart();
+    let fourth = within(T, "coordinator after server restart", async {
+        loop {
+            if let Ok(client) = async_nats::connect(nats.url()).await
+                && let Ok(c) = Coordinator::start(client, CoordinatorConfig::default()).await
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(strip(fourth.stats()), a);
+}
+
+fn coordinator_proc(url: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--nats-url",
+        url,
+        "--ack-wait",
+        "2s",
+        "--drain-timeout",
+        "5s",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("orch-coordinator", &args, &[])
+}
+
+async fn submit_all(orch: &Orchestrator, prefix: &str, n: usize) -> Vec<TaskId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let req = reasoner_only(&format!("durable task {i}"), &format!("{prefix}-{i}"));
+        let id = within(T, "durable submit", async {
+            loop {
+                match orch.submit_durable(&req).await {
+                    Ok(id) => return id,
+                    // A client retries a publish that got no acknowledgement (same id: deduplicated).
+                    Err(ClientError::Nats(_)) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+        .await;
+        ids.push(id);
+    }
+    ids
+}
+
+async fn assert_exactly_once(orch: &Orchestrator, ids: &[TaskId]) {
+    let mut got = BTreeSet::new();
+    for id in ids {
+        let r = within(
+            Duration::from_secs(120),
+            &format!("result of {id}"),
+            orch.wait_result(id, Duration::from_secs(120)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(r.succeeded(), "{id}: {r:?}");
+        got.insert(r.task_id.clone());
+    }
+    assert_eq!(got.len(), ids.len());
+    let finals = eventually(T, "one final event per task", || async {
+        let f = final_events(orch).await;
+        ids.iter()
+            .all(|id| f.contains_key(id.as_str()))
+            .then_some(f)
+    })
+    .await;
+    for id in ids {
+        assert_eq!(
+            finals.get(id.as_str()),
+            Some(&1),
+            "task {id} has {:?} final events",
+            finals.get(id.as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn killing_one_of_two_coordinators_mid_load_loses_and_doubles_nothing() {
+    orch_tests::init_logs();
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut a = coordinator_proc(&url, &[]);
+    let _b = coordinator_proc(&url, &[]);
+    let _workers = Proc::start(
+        "orch-reasoner",
+        &[
+            "--nats-url",
+            &url,
+            "--provider",
+            "sim",
+            "--slot",
+            "kimi_k2",
+            "--sim-latency",
+            "300ms",
+            "--concurrency",
+            "16",
+        ],
+        &[],
+    );
+    let orch = Orchestrator::connect(&url).await.unwrap();
+    eventually(T, "fleet up", || async {
+        let found = orch.workers(Duration::from_millis(200)).await.ok()?;
+        (found
+            .iter()
+            .filter(|s| s.name == "orch-coordinator")
+            .count()
+            == 2
+            && found.iter().any(|s| s.name == "orch-reasoner"))
+        .then_some(())
+    })
+    .await;
+    let ids = submit_all(&orch, "kill", 60).await;
+    // Let both coordinators take tasks, then kill one without warning.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.signal(Signal::SIGKILL);
+    assert!(a.exited(T).await.is_some());
+    assert_exactly_once(&orch, &ids).await;
+    let stats = eventually(T, "stats count every task once", || async {
+        let s = orch.stats().await.ok()?;
+        (s.total_executions == 60).then_some(s)
+    })
+    .await;
+    assert_eq!(stats.success_rate, 1.0);
+}
+
+#[tokio::test]
+async fn restarting_nats_during_100_durable_tasks_loses_and_doubles_nothing() {
+    orch_tests::init_logs();
+    let mut nats = NatsServer::start_with(ServerOptions::default());
+    let url = nats.url();
+    let _c = coordinator_proc(&url, &[]);
+    let _w = Proc::start(
+        "orch-reasoner",
+        &[
+            "--nats-url",
+            &url,
+            "--provider",
+            "sim",
+            "--slot",
+            "kimi_k2",
+            "--sim-latency",
+            "50ms",
+            "--concurrency",
+            "8",
+        ],
+        &[],
+    );
+    let orch = Orchestrator::connect(&url).await.unwrap();
+    eventually(T, "fleet up", || async {
+        let found = orch.workers(Duration::from_millis(200)).await.ok()?;
+        (found.iter().any(|s| s.name == "orch-coordinator")
+            && found.iter().any(|s| s.name == "orch-reasoner"))
+        .then_some(())
+    })
+    .await;
+    let ids = submit_all(&orch, "restart", 100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart();
+    assert_exactly_once(&orch, &ids).await;
+}
+
+#[tokio::test]
+async fn a_server_without_jetstream_is_a_clear_startup_error() {
+    let nats = NatsServer::start_with(ServerOptions {
+        jetstream: false,
+        ..ServerOptions::default()
+    });
+    let mut c = Proc::start("orch-coordinator", &["--nats-url", &nats.url()], &[]);
+    let status = c.exited(T).await.expect("exits");
+    assert_eq!(status.code(), Some(69), "{}", c.describe());
+    let err = c.stderr();
+    assert!(err.contains("JetStream is not enabled"), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("orch-coordinator:"))
+            .count(),
+        1,
+        "{err}"
+    );
+    // --no-jetstream runs core-only.
+    let mut c = Proc::start(
+        "orch-coordinator",
+        &["--nats-url", &nats.url(), "--no-jetstream"],
+        &[],
+    );
+    let orch = Orchestrator::connect(&nats.url()).await.unwrap();
+    let s = eventually(T, "core-only coordinator answers", || async {
+        orch.stats().await.ok()
+    })
+    .await;
+    assert!(s.scope.starts_with("coordinator:"));
+    c.signal(Signal::SIGTERM);
+    assert!(c.exited(T).await.unwrap().success());
+}
