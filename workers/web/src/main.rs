@@ -1,35 +1,26 @@
-//! `orch-web`: Web search and page fetch worker.
+//! `orch-web`: the web search and page fetch worker.
 //!
-//! flags → telemetry → build the handler → connect → serve until SIGTERM → drain → flush.
+//! flags → telemetry → check config (exit 64 listing every problem) → build
+//! the handler (start Chromium for `--browser`; exit 69 if it cannot) →
+//! connect → serve until SIGTERM → drain → close the browser → flush.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
-use orch_shared::config::{Problems, exit_config, parse_args};
-use orch_shared::{Role, telemetry};
-use orch_worker::sim::{SimArgs, SimHandler};
-use orch_worker::{Handler, WorkerArgs};
+use orch_shared::config::{ConfigError, EXIT_UNAVAILABLE, Problems, exit_config, parse_args};
+use orch_shared::telemetry;
+use orch_web::{WebArgs, WebWorker};
+use orch_worker::WorkerArgs;
 
 const NAME: &str = "orch-web";
-
-/// Backends this worker can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Provider {
-    /// The documented simulator (tests, benchmarks); never for real use.
-    Sim,
-}
 
 #[derive(Parser, Debug)]
 #[command(name = NAME, version, about = "Web search and page fetch worker")]
 struct Cli {
     #[command(flatten)]
     worker: WorkerArgs,
-    /// Backend to use.
-    #[arg(long, env = "ORCH_PROVIDER", value_enum)]
-    provider: Provider,
     #[command(flatten)]
-    sim: SimArgs,
+    web: WebArgs,
 }
 
 #[tokio::main]
@@ -37,17 +28,27 @@ async fn main() -> ExitCode {
     let cli: Cli = parse_args();
     let telemetry = telemetry::init(NAME, &cli.worker.log);
     let mut problems = Problems::default();
-    let handler: Arc<dyn Handler> = match cli.provider {
-        Provider::Sim => {
-            cli.sim.check(&mut problems);
-            Arc::new(SimHandler::new(Role::Web, cli.sim.clone()))
-        }
-    };
+    let web_cfg = cli
+        .web
+        .config(&|var| std::env::var(var).ok(), &mut problems);
     let serve_cfg = match cli.worker.serve_config("default", 8, problems) {
         Ok(c) => c,
         Err(e) => exit_config(NAME, &e),
     };
-    let code = orch_worker::run::run(&cli.worker, handler, serve_cfg).await;
+    let Some(web_cfg) = web_cfg else {
+        exit_config(NAME, &ConfigError(vec!["invalid web configuration".into()]))
+    };
+    let worker = match WebWorker::start(web_cfg).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("{NAME}: {e}");
+            telemetry.shutdown().await;
+            return ExitCode::from(EXIT_UNAVAILABLE as u8);
+        }
+    };
+    let code = orch_worker::run::run(&cli.worker, worker.handler(), serve_cfg).await;
+    worker.shutdown().await;
     telemetry.shutdown().await;
     code
 }
