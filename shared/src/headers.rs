@@ -20,3 +20,5 @@ pub const ORCH_TASK_ID: &str = "Orch-Task-Id";
 pub const NATS_SERVICE_ERROR: &str = "Nats-Service-Error";
 /// NATS micro's numeric error code header.
 pub const NATS_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+/// On queued work (pull dispatch): the inbox to send heartbeats and the reply to.
+pub const ORCH_REPLY_TO: &str = "Orch-Reply-To";

@@ -13,6 +13,7 @@
 //! | `orch.v1.results.<task_id>`          | coordinators      | clients waiting for one task |
 //! | `orch.v1.results.get`                | clients           | coordinators (queue)     |
 //! | `orch.v1.dead.<task_id>`             | coordinators      | operators (stream `ORCH_DEAD`) |
+//! | `orch.v1.queue.<role>.<slot>`        | coordinators (JetStream) | workers pulling when free (stream `ORCH_WORK`) |
 //!
 //! JetStream resources (names are fixed so any client can use them):
 //! streams [`STREAM_TASKS`], [`STREAM_EVENTS`], [`STREAM_DEAD`]; key-value
@@ -38,6 +39,13 @@ pub const RESULTS_GET: &str = "orch.v1.results.get";
 pub const TASKS_ALL: &str = "orch.v1.tasks.>";
 /// Every dead-lettered task.
 pub const DEAD_ALL: &str = "orch.v1.dead.>";
+
+/// Every queued unit of work (pull dispatch).
+pub const QUEUE_ALL: &str = "orch.v1.queue.>";
+/// Work-queue stream for pull (least-loaded) dispatch.
+pub const STREAM_WORK: &str = "ORCH_WORK";
+/// Priority group of the pull consumers on [`STREAM_WORK`].
+pub const WORK_PRIORITY_GROUP: &str = "workers";
 
 /// Work-queue stream of durable tasks.
 pub const STREAM_TASKS: &str = "ORCH_TASKS";
@@ -69,6 +77,16 @@ pub fn work(role: Role, slot: &Slot) -> String {
 
 /// The queue group of workers serving `role`/`slot`: all copies share the load.
 pub fn work_queue(role: Role, slot: &Slot) -> String {
+    format!("orch-{}-{}", role.as_str(), slot.as_str())
+}
+
+/// The queue subject of `role`/`slot` for pull dispatch.
+pub fn queue(role: Role, slot: &Slot) -> String {
+    format!("{PREFIX}.queue.{}.{}", role.as_str(), slot.as_str())
+}
+
+/// The durable pull consumer of `role`/`slot` on [`STREAM_WORK`], shared by its workers.
+pub fn queue_consumer(role: Role, slot: &Slot) -> String {
     format!("orch-{}-{}", role.as_str(), slot.as_str())
 }
 

@@ -156,6 +156,11 @@ impl Fleet {
     /// Starts a coordinator with `config` and the given workers, and waits until all are discoverable.
     pub async fn start(url: &str, config: CoordinatorConfig, workers: Vec<WorkerSpec>) -> Fleet {
         crate::init_logs();
+        let pulled: Vec<(Role, String)> = workers
+            .iter()
+            .filter(|w| config.pull_dispatch.contains(w.role))
+            .map(|w| (w.role, w.slot.clone()))
+            .collect();
         let mut handles = Vec::new();
         for w in workers {
             handles.push(start_worker(url, w).await);
@@ -178,6 +183,31 @@ impl Fleet {
         let orch = Orchestrator::connect(url)
             .await
             .unwrap_or_else(|e| panic!("client connect: {e}"));
+        // Pull-dispatched workers are ready once their queue consumer exists.
+        for (role, slot) in pulled {
+            let slot: Slot = slot.parse().unwrap_or_else(|e| panic!("{e}"));
+            let name = orch_shared::subjects::queue_consumer(role, &slot);
+            let js = orch.jetstream();
+            eventually(
+                Duration::from_secs(15),
+                &format!("queue consumer {name}"),
+                || {
+                    let (js, name) = (js.clone(), name.clone());
+                    async move {
+                        let stream = js
+                            .get_stream(orch_shared::subjects::STREAM_WORK)
+                            .await
+                            .ok()?;
+                        stream
+                            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                            .await
+                            .ok()
+                            .map(|_| ())
+                    }
+                },
+            )
+            .await;
+        }
         let probe = orch.clone();
         eventually(
             Duration::from_secs(10),

@@ -127,6 +127,10 @@ pub struct CoordinatorConfig {
     pub drain_timeout: Duration,
     /// Publish task events.
     pub events: bool,
+    /// Roles dispatched through the `ORCH_WORK` queue, where workers pull only
+    /// when they have a free slot (least-loaded; meant for GPU-bound roles).
+    /// Other roles use core request/reply to a queue group (lowest latency).
+    pub pull_dispatch: RoleSet,
     /// JetStream features (`None`: core NATS only — no durable intake, results,
     /// shared stats). On by default, as with the binary.
     pub durable: Option<DurableConfig>,
@@ -152,6 +156,7 @@ impl Default for CoordinatorConfig {
             heartbeat_timeout: Some(DEFAULT_HEARTBEAT_TIMEOUT),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             events: true,
+            pull_dispatch: RoleSet::EMPTY,
             durable: Some(DurableConfig::default()),
         }
     }
@@ -252,6 +257,10 @@ pub struct CoordinatorArgs {
     /// Do not publish task events.
     #[arg(long, env = "ORCH_NO_EVENTS")]
     pub no_events: bool,
+    /// Roles dispatched least-loaded through the JetStream work queue (workers pull
+    /// when free), e.g. `vision`; others use core request/reply.
+    #[arg(long, env = "ORCH_PULL_DISPATCH", default_value = "")]
+    pub pull_dispatch: String,
     /// Core NATS only: no durable intake, stored results, event stream or shared stats.
     #[arg(long, env = "ORCH_NO_JETSTREAM")]
     pub no_jetstream: bool,
@@ -309,6 +318,14 @@ impl CoordinatorArgs {
                 Err(e) => p.push(format!("{flag}: {e}")),
             }
         }
+        let pull_dispatch = parse_tools(&self.pull_dispatch).unwrap_or_else(|e| {
+            p.push(format!("--pull-dispatch: {e}"));
+            RoleSet::EMPTY
+        });
+        p.require(
+            pull_dispatch.is_empty() || !self.no_jetstream,
+            "--pull-dispatch needs JetStream (drop --no-jetstream)",
+        );
         let default_tools = parse_tools(&self.default_tools).unwrap_or_else(|e| {
             p.push(format!("--default-tools: {e}"));
             RoleSet::EMPTY
@@ -382,6 +399,7 @@ impl CoordinatorArgs {
                 .then_some(self.heartbeat_timeout),
             drain_timeout: self.drain_timeout,
             events: !self.no_events,
+            pull_dispatch,
             durable,
         })
     }

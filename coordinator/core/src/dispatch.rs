@@ -106,12 +106,19 @@ impl AttemptError {
 pub struct AttemptLimits {
     /// The attempt's own budget (its deadline is `now + budget` when sent).
     pub budget: Duration,
+    /// Send through the `ORCH_WORK` queue (workers pull when free) instead of
+    /// request/reply to the slot's queue group.
+    pub queued: bool,
     /// Silence that counts as a dead worker.
     pub heartbeat_timeout: Option<Duration>,
 }
 
 struct Inner {
     client: Client,
+    /// For queued dispatch.
+    js: async_nats::jetstream::Context,
+    /// Whether a slot's queue consumer exists (workers ever pulled), cached briefly.
+    consumers: Mutex<HashMap<String, (Instant, bool)>>,
     prefix: String,
     pending: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
     next: AtomicU64,
@@ -157,6 +164,8 @@ impl Dispatcher {
             .unwrap_or("coordinator")
             .to_string();
         let inner = Arc::new(Inner {
+            js: async_nats::jetstream::new(client.clone()),
+            consumers: Mutex::new(HashMap::new()),
             client,
             prefix,
             pending: Mutex::new(HashMap::new()),
@@ -229,25 +238,43 @@ impl Dispatcher {
         );
         h.insert(headers::ORCH_REQUEST_ID, request_id.as_str());
         h.insert(headers::ORCH_TASK_ID, task_id.as_str());
-        let subject = subjects::work(role, slot);
-        inner
-            .client
-            .publish_with_reply_and_headers(subject, format!("{}.{id}", inner.prefix), h, payload)
-            .await
-            .map_err(|e| AttemptError::Transport(e.to_string()))?;
+        let reply = format!("{}.{id}", inner.prefix);
+        if limits.queued {
+            if !self.queue_has_workers(role, slot).await {
+                return Err(AttemptError::NoResponders);
+            }
+            h.insert(headers::ORCH_REPLY_TO, reply.as_str());
+            let ack = inner
+                .js
+                .publish_with_headers(subjects::queue(role, slot), h, payload)
+                .await
+                .map_err(|e| AttemptError::Transport(e.to_string()))?;
+            tokio::time::timeout_at(deadline.into(), ack)
+                .await
+                .map_err(|_| AttemptError::TimedOut { after: budget })?
+                .map_err(|e| AttemptError::Transport(format!("queueing the work: {e}")))?;
+        } else {
+            inner
+                .client
+                .publish_with_reply_and_headers(subjects::work(role, slot), reply, h, payload)
+                .await
+                .map_err(|e| AttemptError::Transport(e.to_string()))?;
+        }
 
-        let mut last_heard = Instant::now();
+        // Queued work may wait at the broker for a free worker: silence only
+        // counts once a worker has taken it (its first heartbeat).
+        let mut last_heard: Option<Instant> = (!limits.queued).then(Instant::now);
         loop {
-            let silence_deadline = limits
-                .heartbeat_timeout
-                .map(|t| last_heard + t)
-                .filter(|d| *d < deadline);
+            let silence_deadline = match (limits.heartbeat_timeout, last_heard) {
+                (Some(t), Some(heard)) => Some(heard + t).filter(|d| *d < deadline),
+                _ => None,
+            };
             let wake = silence_deadline.unwrap_or(deadline);
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 () = tokio::time::sleep_until(wake.into()) => {
-                    let err = if silence_deadline.is_some() {
-                        AttemptError::WorkerLost { silent_for: last_heard.elapsed() }
+                    let err = if let (Some(_), Some(heard)) = (silence_deadline, last_heard) {
+                        AttemptError::WorkerLost { silent_for: heard.elapsed() }
                     } else {
                         AttemptError::TimedOut { after: budget }
                     };
@@ -266,7 +293,7 @@ impl Dispatcher {
                 .and_then(|h| h.get(headers::ORCH_KIND))
                 .is_some_and(|k| k.as_str() == headers::KIND_HEARTBEAT)
             {
-                last_heard = Instant::now();
+                last_heard = Some(Instant::now());
                 continue;
             }
             return match decode_reply(&msg) {
@@ -278,6 +305,36 @@ impl Dispatcher {
                 other => other,
             };
         }
+    }
+
+    /// Whether workers ever pulled from the slot's queue (its consumer exists).
+    /// Cached for a second when present, half a second when absent.
+    async fn queue_has_workers(&self, role: Role, slot: &Slot) -> bool {
+        let name = subjects::queue_consumer(role, slot);
+        let now = Instant::now();
+        if let Ok(cache) = self.inner.consumers.lock()
+            && let Some((at, present)) = cache.get(&name)
+        {
+            let ttl = if *present {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(500)
+            };
+            if now.duration_since(*at) < ttl {
+                return *present;
+            }
+        }
+        let present = match self.inner.js.get_stream(subjects::STREAM_WORK).await {
+            Ok(stream) => stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if let Ok(mut cache) = self.inner.consumers.lock() {
+            cache.insert(name, (now, present));
+        }
+        present
     }
 
     /// Best-effort cancellation of an abandoned attempt, so the worker stops

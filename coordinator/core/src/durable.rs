@@ -10,6 +10,7 @@
 //! | `orch_stats` | KV | snapshots of the stats projection |
 //! | `orch_cache` | KV | cached results by request digest (only with `--cache-ttl`) |
 //! | `orch_screenshots` | object store | screenshots too large to send inline |
+//! | `ORCH_WORK` | work-queue stream on `orch.v1.queue.>` | pull (least-loaded) dispatch; workers create their consumers |
 //!
 //! Startup fails with one clear line when the server is older than 2.10 or
 //! has JetStream off.
@@ -153,6 +154,20 @@ impl Durable {
             .get_stream(subjects::STREAM_EVENTS)
             .await
             .map_err(|e| create_err("stream", subjects::STREAM_EVENTS)(e.to_string()))?;
+
+        js.create_or_update_stream(stream::Config {
+            name: subjects::STREAM_WORK.into(),
+            description: Some("orch queued work for pull (least-loaded) dispatch".into()),
+            subjects: vec![subjects::QUEUE_ALL.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: r,
+            // Queued work is useless once its budget ran out; ten minutes bounds leftovers.
+            max_age: std::time::Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| create_err("stream", subjects::STREAM_WORK)(e.to_string()))?;
 
         js.create_or_update_stream(stream::Config {
             name: subjects::STREAM_DEAD.into(),

@@ -499,6 +499,7 @@ impl Pipeline {
             Ok(payload) => {
                 let limits = AttemptLimits {
                     budget,
+                    queued: self.config.pull_dispatch.contains(role),
                     heartbeat_timeout: self.config.heartbeat_timeout,
                 };
                 tokio::select! {

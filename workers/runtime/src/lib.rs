@@ -8,6 +8,7 @@ pub mod args;
 pub mod error;
 pub mod handler;
 pub mod metrics;
+mod queue;
 pub mod run;
 pub mod serve;
 pub mod sim;

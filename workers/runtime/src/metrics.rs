@@ -20,6 +20,9 @@ pub struct WorkerMetrics {
     failed: AtomicU64,
     rejected: AtomicU64,
     by_code: Mutex<BTreeMap<&'static str, u64>>,
+    /// Exponentially weighted mean handler latency, µs (0 until the first job).
+    ewma_us: AtomicU64,
+    samples: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -33,7 +36,24 @@ impl WorkerMetrics {
             failed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             by_code: Mutex::new(BTreeMap::new()),
+            ewma_us: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
         }
+    }
+
+    /// Folds one successful job's handler time into the moving average (α = 0.2).
+    pub(crate) fn record_latency(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let n = self.samples.fetch_add(1, Ordering::Relaxed);
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let new = if n == 0 { us } else { (old * 4 + us) / 5 };
+        self.ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    /// Mean handler latency, when at least `min_samples` jobs finished.
+    pub fn typical_latency(&self, min_samples: u64) -> Option<std::time::Duration> {
+        (self.samples.load(Ordering::Relaxed) >= min_samples)
+            .then(|| std::time::Duration::from_micros(self.ewma_us.load(Ordering::Relaxed)))
     }
 
     pub(crate) fn record_ok(&self) {
@@ -84,6 +104,7 @@ impl WorkerMetrics {
             "failed": self.failed(),
             "rejected": self.rejected.load(Ordering::Relaxed),
             "errors_by_code": errors,
+            "typical_latency_ms": self.ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
         })
     }
 }

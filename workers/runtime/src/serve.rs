@@ -100,12 +100,16 @@ pub struct ServeReport {
     pub cancelled_at_drain: usize,
 }
 
-struct Shared {
-    client: Client,
-    handler: Arc<dyn Handler>,
-    cfg: ServeConfig,
-    metrics: Arc<WorkerMetrics>,
-    permits: Semaphore,
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) cfg: ServeConfig,
+    pub(crate) metrics: Arc<WorkerMetrics>,
+    pub(crate) permits: Semaphore,
+    /// Notified whenever a job ends (the pull loop waits for a free slot on it).
+    pub(crate) permit_freed: tokio::sync::Notify,
+    /// Notified when the pull loop has queued a new pull request.
+    pub(crate) pull_issued: tokio::sync::Notify,
     worker_id: String,
     /// Request id → the job's cancellation token, for `orch.v1.cancel.*`.
     cancels: Mutex<HashMap<String, CancellationToken>>,
@@ -184,6 +188,8 @@ pub async fn serve(
         client: client.clone(),
         handler,
         permits: Semaphore::new(cfg.concurrency),
+        permit_freed: tokio::sync::Notify::new(),
+        pull_issued: tokio::sync::Notify::new(),
         cfg,
         metrics: metrics.clone(),
         worker_id: worker_id.clone(),
@@ -197,6 +203,12 @@ pub async fn serve(
     );
 
     let tracker = TaskTracker::new();
+    let pull_stop = CancellationToken::new();
+    let pull = tokio::spawn(crate::queue::run(
+        shared.clone(),
+        tracker.clone(),
+        pull_stop.clone(),
+    ));
     let mut unexpected_end = false;
     loop {
         tokio::select! {
@@ -211,7 +223,7 @@ pub async fn serve(
                 }
             }
             next = endpoint.next() => match next {
-                Some(request) => accept(&shared, &tracker, request).await,
+                Some(request) => accept(&shared, &tracker, Job { origin: Origin::Micro(request) }).await,
                 None => { unexpected_end = true; break; }
             }
         }
@@ -223,6 +235,7 @@ pub async fn serve(
         in_flight = metrics.in_flight(),
         "draining: no new work accepted"
     );
+    pull_stop.cancel();
     if let Err(e) = endpoint.stop().await {
         tracing::warn!(error = %e, "unsubscribing the work endpoint failed");
     }
@@ -232,11 +245,16 @@ pub async fn serve(
     {
         let enc = Encoding::from_headers(request.message.headers.as_ref()).unwrap_or_default();
         let err = WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down");
-        respond_err(&shared, &request, enc, &err, true).await;
+        let job = Job {
+            origin: Origin::Micro(request),
+        };
+        respond_err(&shared, &job, enc, &err, true).await;
     }
     if let Err(e) = service.stop().await {
         tracing::debug!(error = %e, "stopping the micro service");
     }
+    // The pull loop answers what its last pull brings with `shutting_down`.
+    let _ = pull.await;
     tracker.close();
     let mut cancelled_at_drain = 0;
     if tokio::time::timeout(shared.cfg.drain_timeout, tracker.wait())
@@ -270,19 +288,111 @@ pub async fn serve(
     Ok(report)
 }
 
-/// Admission: refuse at once when the queue is full, otherwise hand the request to a job task.
-async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, request: service::Request) {
-    let enc = match Encoding::from_headers(request.message.headers.as_ref()) {
+/// Where a job came from, which decides how it is answered.
+pub(crate) enum Origin {
+    /// A request on the slot's subject (queue group): answered through the micro
+    /// service, so `$SRV.STATS` counts it.
+    Micro(service::Request),
+    /// A message pulled from the `ORCH_WORK` queue: answered on its `Orch-Reply-To` inbox.
+    Queued {
+        /// The message (headers and payload).
+        message: async_nats::Message,
+        /// The coordinator's inbox.
+        reply: async_nats::Subject,
+        /// When JetStream received it: the budget counts from then.
+        published: Instant,
+    },
+}
+
+/// One unit of work and how to answer it.
+pub(crate) struct Job {
+    pub(crate) origin: Origin,
+}
+
+impl Job {
+    pub(crate) fn message(&self) -> &async_nats::Message {
+        match &self.origin {
+            Origin::Micro(r) => &r.message,
+            Origin::Queued { message, .. } => message,
+        }
+    }
+
+    fn reply(&self) -> Option<async_nats::Subject> {
+        match &self.origin {
+            Origin::Micro(r) => r.message.reply.clone(),
+            Origin::Queued { reply, .. } => Some(reply.clone()),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.message()
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    }
+
+    /// When the budget started counting.
+    fn received(&self, now: Instant) -> Instant {
+        match &self.origin {
+            Origin::Micro(_) => now,
+            Origin::Queued { published, .. } => *published,
+        }
+    }
+
+    fn queued(&self) -> bool {
+        matches!(self.origin, Origin::Queued { .. })
+    }
+
+    async fn send(
+        &self,
+        shared: &Shared,
+        outcome: Result<bytes::Bytes, service::error::Error>,
+        mut h: HeaderMap,
+    ) {
+        let result = match &self.origin {
+            Origin::Micro(r) => r
+                .respond_with_headers(outcome, h)
+                .await
+                .map_err(|e| e.to_string()),
+            Origin::Queued { reply, .. } => {
+                let payload = match outcome {
+                    Ok(p) => p,
+                    Err(e) => {
+                        h.insert(headers::NATS_SERVICE_ERROR, e.status.as_str());
+                        h.insert(
+                            headers::NATS_SERVICE_ERROR_CODE,
+                            e.code.to_string().as_str(),
+                        );
+                        Bytes::new()
+                    }
+                };
+                shared
+                    .client
+                    .publish_with_headers(reply.clone(), h, payload)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "publishing a reply failed");
+        }
+    }
+}
+
+/// Admission: refuse at once when the queue is full, otherwise hand the job to a task.
+pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job) {
+    let enc = match Encoding::from_headers(job.message().headers.as_ref()) {
         Ok(enc) => enc,
         Err(e) => {
             let err = WorkError::new(e.code, e.message);
-            respond_err(shared, &request, Encoding::Json, &err, true).await;
+            respond_err(shared, &job, Encoding::Json, &err, true).await;
             return;
         }
     };
-    if request.message.reply.is_none() {
+    if job.reply().is_none() {
         tracing::warn!(
-            subject = %request.message.subject,
+            subject = %job.message().subject,
             "work request without a reply subject dropped (use request/reply)"
         );
         shared.metrics.record_err(ErrorCode::InvalidRequest, true);
@@ -294,19 +404,26 @@ async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, request: service::R
             ErrorCode::Overloaded,
             format!("worker at capacity ({limit} jobs accepted)"),
         );
-        respond_err(shared, &request, enc, &err, true).await;
+        respond_err(shared, &job, enc, &err, true).await;
         return;
     }
     shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
     let shared = shared.clone();
     tracker.spawn(async move {
-        let received = Instant::now();
-        let result = run_job(&shared, &request, enc, received).await;
+        let received = job.received(Instant::now());
+        let result = run_job(&shared, &job, enc, received).await;
+        if job.queued() {
+            // Free again: let the pull loop ask for more before this reply goes out.
+            let issued = shared.pull_issued.notified();
+            shared.permit_freed.notify_waiters();
+            let _ = tokio::time::timeout(Duration::from_millis(50), issued).await;
+        }
         match result {
-            Ok(reply) => respond_ok(&shared, &request, enc, &reply).await,
-            Err(err) => respond_err(&shared, &request, enc, &err, false).await,
+            Ok(reply) => respond_ok(&shared, &job, enc, &reply).await,
+            Err(err) => respond_err(&shared, &job, enc, &err, false).await,
         }
         shared.metrics.accepted.fetch_sub(1, Ordering::Relaxed);
+        shared.permit_freed.notify_waiters();
     });
 }
 
@@ -333,22 +450,13 @@ impl Drop for CancelRegistration<'_> {
     }
 }
 
-fn header<'a>(request: &'a service::Request, name: &str) -> Option<&'a str> {
-    request
-        .message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.as_str())
-}
-
 async fn run_job(
     shared: &Shared,
-    request: &service::Request,
+    job: &Job,
     enc: Encoding,
     received: Instant,
 ) -> Result<WorkReply, WorkError> {
-    let budget = match header(request, headers::ORCH_BUDGET_MS) {
+    let budget = match job.header(headers::ORCH_BUDGET_MS) {
         None => shared.cfg.default_budget,
         Some(v) => v
             .trim()
@@ -373,20 +481,14 @@ async fn run_job(
         ));
     }
     let deadline = received + budget;
-    let mut work: WorkRequest = enc
-        .decode(&request.message.payload)
-        .map_err(|e| WorkError::new(e.code, e.message))?;
-    if work.screenshot.is_none()
-        && let Some(r) = work.screenshot_ref.take()
-    {
-        let fetch = fetch_screenshot(shared, &r);
-        let bytes = tokio::time::timeout_at(deadline.into(), fetch)
-            .await
-            .map_err(|_| {
-                WorkError::timed_out("the budget ran out while fetching the screenshot")
-            })??;
-        work.screenshot = Some(bytes.into());
+    if deadline <= Instant::now() {
+        return Err(WorkError::timed_out(
+            "the budget ran out while the job was queued",
+        ));
     }
+    let mut work: WorkRequest = enc
+        .decode(&job.message().payload)
+        .map_err(|e| WorkError::new(e.code, e.message))?;
     let role = shared.handler.role();
     if work.role != role || work.slot != shared.cfg.slot {
         return Err(WorkError::invalid_request(format!(
@@ -396,7 +498,7 @@ async fn run_job(
     }
 
     let token = shared.drain_cancel.child_token();
-    let request_id = header(request, headers::ORCH_REQUEST_ID).map(str::to_string);
+    let request_id = job.header(headers::ORCH_REQUEST_ID).map(str::to_string);
     let _registration = CancelRegistration {
         shared,
         id: request_id.clone(),
@@ -406,7 +508,8 @@ async fn run_job(
     }
 
     let task_id = work.task_id.clone();
-    let job = async {
+    let started = Instant::now();
+    let work_future = async {
         let _permit = shared
             .permits
             .acquire()
@@ -414,13 +517,29 @@ async fn run_job(
             .map_err(|_| WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down"))?;
         shared.metrics.running.fetch_add(1, Ordering::Relaxed);
         let _running = RunningGuard(&shared.metrics);
+        if work.screenshot.is_none()
+            && let Some(r) = work.screenshot_ref.take()
+        {
+            let fetch = fetch_screenshot(shared, &r);
+            let bytes = tokio::time::timeout_at(deadline.into(), fetch)
+                .await
+                .map_err(|_| {
+                    WorkError::timed_out("the budget ran out while fetching the screenshot")
+                })??;
+            work.screenshot = Some(bytes.into());
+        }
+        let handle_started = Instant::now();
         let ctx = JobContext {
             deadline,
             cancel: token.clone(),
         };
-        shared.handler.handle(work, ctx).await
+        let out = shared.handler.handle(work, ctx).await;
+        if out.is_ok() {
+            shared.metrics.record_latency(handle_started.elapsed());
+        }
+        out
     };
-    let output = with_heartbeats(shared, request, job, deadline, &token).await;
+    let output = with_heartbeats(shared, job, work_future, deadline, &token).await;
     let elapsed_ms = received.elapsed().as_secs_f64() * 1000.0;
     match &output {
         Ok(_) => tracing::debug!(%task_id, elapsed_ms, "job done"),
@@ -429,6 +548,7 @@ async fn run_job(
         }
     }
     let out = output?;
+    let _ = started;
     Ok(WorkReply {
         provider: out.provider,
         model: out.model,
@@ -485,11 +605,12 @@ async fn fetch_screenshot(shared: &Shared, r: &ObjectRef) -> Result<Vec<u8>, Wor
 
 /// Runs `job` to completion, deadline or cancellation, publishing a heartbeat
 /// to the reply inbox every interval meanwhile (the coordinator treats silence
-/// longer than a few intervals as a dead worker).
+/// longer than a few intervals as a dead worker). A queued job announces
+/// itself at once, so the coordinator knows a worker took it.
 async fn with_heartbeats<F>(
     shared: &Shared,
-    request: &service::Request,
-    job: F,
+    job: &Job,
+    work: F,
     deadline: Instant,
     token: &CancellationToken,
 ) -> Result<Output, WorkError>
@@ -497,17 +618,22 @@ where
     F: std::future::Future<Output = Result<Output, WorkError>>,
 {
     let interval = shared.cfg.heartbeat_interval;
-    let mut ticker = tokio::time::interval_at((Instant::now() + interval).into(), interval);
+    let first = if job.queued() {
+        Instant::now()
+    } else {
+        Instant::now() + interval
+    };
+    let mut ticker = tokio::time::interval_at(first.into(), interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reply = request.message.reply.clone();
+    let reply = job.reply();
     let mut hb_headers = HeaderMap::new();
     hb_headers.insert(headers::ORCH_KIND, headers::KIND_HEARTBEAT);
     hb_headers.insert(headers::ORCH_WORKER_ID, shared.worker_id.as_str());
-    tokio::pin!(job);
+    tokio::pin!(work);
     loop {
         tokio::select! {
             biased;
-            out = &mut job => return out,
+            out = &mut work => return out,
             () = token.cancelled() => {
                 return Err(if shared.drain_cancel.is_cancelled() {
                     WorkError::new(ErrorCode::ShuttingDown, "worker shut down before the job finished")
@@ -532,35 +658,30 @@ where
     }
 }
 
-async fn respond_ok(shared: &Shared, request: &service::Request, enc: Encoding, reply: &WorkReply) {
+async fn respond_ok(shared: &Shared, job: &Job, enc: Encoding, reply: &WorkReply) {
     let payload = match enc.encode(reply) {
         Ok(p) => p,
         Err(e) => {
             let err = WorkError::internal(format!("encoding the reply: {e}"));
-            respond_err(shared, request, enc, &err, false).await;
+            respond_err(shared, job, enc, &err, false).await;
             return;
         }
     };
     let mut h = enc.headers();
     h.insert(headers::ORCH_WORKER_ID, shared.worker_id.as_str());
-    match request.respond_with_headers(Ok(payload), h).await {
-        Ok(()) => shared.metrics.record_ok(),
-        Err(e) => {
-            tracing::warn!(error = %e, "publishing a reply failed");
-            shared.metrics.record_err(ErrorCode::Internal, false);
-        }
-    }
+    job.send(shared, Ok(payload), h).await;
+    shared.metrics.record_ok();
 }
 
-async fn respond_err(
+pub(crate) async fn respond_err(
     shared: &Shared,
-    request: &service::Request,
+    job: &Job,
     enc: Encoding,
     err: &WorkError,
     rejected: bool,
 ) {
     shared.metrics.record_err(err.code, rejected);
-    if request.message.reply.is_none() {
+    if job.reply().is_none() {
         return;
     }
     let mut h = enc.headers();
@@ -570,10 +691,5 @@ async fn respond_err(
         status: header_safe(&err.message),
         code: usize::from(err.code.status()),
     };
-    if let Err(e) = request.respond_with_headers(Err(service_err), h).await {
-        tracing::warn!(error = %e, "publishing an error reply failed");
-    }
-    if !rejected && shared.draining.load(Ordering::Relaxed) {
-        tracing::debug!(code = %err.code, "error reply sent while draining");
-    }
+    job.send(shared, Err(service_err), h).await;
 }
