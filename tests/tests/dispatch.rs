@@ -104,3 +104,62 @@ async fn no_pulling_workers_means_no_responders_at_once() {
     assert_eq!(r.fallback_chain, vec!["vision/default: no responders"]);
     assert!(r.succeeded());
 }
+
+#[tokio::test]
+async fn a_hedged_slot_that_outlasts_its_p95_races_the_next_slot() {
+    let nats = NatsServer::start();
+    let config = CoordinatorConfig {
+        hedge: orch_coordinator::config::parse_hedge("reasoner/kimi_k2").unwrap(),
+        ..CoordinatorConfig::default()
+    };
+    let fast =
+        WorkerSpec::sim(Role::Reasoner, "kimi_k2").with(|s| s.latency = Duration::from_millis(5));
+    let mut fleet = Fleet::start(
+        &nats.url(),
+        config,
+        vec![
+            fast,
+            WorkerSpec::sim(Role::Reasoner, "chatgpt").with(|s| s.model = Some("gpt".into())),
+        ],
+    )
+    .await;
+    let task = |i: usize| SubmitRequest {
+        tools: Some(vec!["reasoner".into()]),
+        task_id: Some(format!("h{i}")),
+        ..SubmitRequest::new("plan")
+    };
+    // Learn kimi_k2's p95 (a few ms).
+    for i in 0..25 {
+        let r = within(T, "warm-up", fleet.orch.execute(&task(i)))
+            .await
+            .unwrap();
+        assert_eq!(r.model_results[&Role::Reasoner].slot.as_str(), "kimi_k2");
+    }
+    // kimi_k2 now hangs: the hedge to chatgpt answers long before kimi_k2's 20 s share.
+    fleet.workers.remove(0).stop().await;
+    fleet
+        .add_worker(WorkerSpec::sim(Role::Reasoner, "kimi_k2").with(|s| s.hang = true))
+        .await;
+    let r = within(T, "hedged task", fleet.orch.execute(&task(99)))
+        .await
+        .unwrap();
+    let m = &r.model_results[&Role::Reasoner];
+    assert!(m.success, "{m:?}");
+    assert_eq!(m.slot.as_str(), "chatgpt");
+    assert!(r.execution_time_ms < 5_000.0, "{}", r.execution_time_ms);
+    assert!(
+        r.fallback_chain.is_empty(),
+        "a lost hedge is not a failure: {:?}",
+        r.fallback_chain
+    );
+    let outcomes: Vec<(&str, &str)> = r
+        .attempts
+        .iter()
+        .map(|a| (a.slot.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes, [("kimi_k2", "hedge_lost"), ("chatgpt", "ok")]);
+    // The loser was cancelled on its worker: nothing is left running there.
+    let hung = fleet.workers.pop().unwrap();
+    let report = hung.stop().await;
+    assert_eq!(report.cancelled_at_drain, 0);
+}

@@ -131,6 +131,10 @@ pub struct CoordinatorConfig {
     /// when they have a free slot (least-loaded; meant for GPU-bound roles).
     /// Other roles use core request/reply to a queue group (lowest latency).
     pub pull_dispatch: RoleSet,
+    /// Slots whose attempts are hedged: when an attempt outlasts the slot's
+    /// rolling p95, the next slot of the chain is tried at the same time, the
+    /// first good answer wins and the other attempt is cancelled.
+    pub hedge: std::collections::BTreeSet<(Role, Slot)>,
     /// JetStream features (`None`: core NATS only — no durable intake, results,
     /// shared stats). On by default, as with the binary.
     pub durable: Option<DurableConfig>,
@@ -157,6 +161,7 @@ impl Default for CoordinatorConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             events: true,
             pull_dispatch: RoleSet::EMPTY,
+            hedge: std::collections::BTreeSet::new(),
             durable: Some(DurableConfig::default()),
         }
     }
@@ -184,6 +189,29 @@ pub fn parse_chain(s: &str) -> Result<Vec<Slot>, String> {
         return Err("the chain is empty".into());
     }
     Ok(slots)
+}
+
+/// Parses `role/slot,role/slot`.
+///
+/// # Errors
+/// The first malformed entry.
+pub fn parse_hedge(s: &str) -> Result<std::collections::BTreeSet<(Role, Slot)>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (role, slot) = p
+                .split_once('/')
+                .ok_or_else(|| format!("`{p}` is not role/slot"))?;
+            let role: Role = role
+                .parse()
+                .map_err(|e: orch_shared::role::UnknownRole| e.to_string())?;
+            let slot: Slot = slot
+                .parse()
+                .map_err(|e: orch_shared::ids::InvalidId| e.to_string())?;
+            Ok((role, slot))
+        })
+        .collect()
 }
 
 /// Parses a comma-separated list of tool names into roles.
@@ -261,6 +289,11 @@ pub struct CoordinatorArgs {
     /// when free), e.g. `vision`; others use core request/reply.
     #[arg(long, env = "ORCH_PULL_DISPATCH", default_value = "")]
     pub pull_dispatch: String,
+    /// Hedged slots, `role/slot` comma-separated (e.g. `reasoner/kimi_k2`): an attempt
+    /// slower than the slot's rolling p95 also starts the next slot; the first good
+    /// answer wins and the other is cancelled.
+    #[arg(long, env = "ORCH_HEDGE", default_value = "")]
+    pub hedge: String,
     /// Core NATS only: no durable intake, stored results, event stream or shared stats.
     #[arg(long, env = "ORCH_NO_JETSTREAM")]
     pub no_jetstream: bool,
@@ -326,6 +359,10 @@ impl CoordinatorArgs {
             pull_dispatch.is_empty() || !self.no_jetstream,
             "--pull-dispatch needs JetStream (drop --no-jetstream)",
         );
+        let hedge = parse_hedge(&self.hedge).unwrap_or_else(|e| {
+            p.push(format!("--hedge: {e}"));
+            Default::default()
+        });
         let default_tools = parse_tools(&self.default_tools).unwrap_or_else(|e| {
             p.push(format!("--default-tools: {e}"));
             RoleSet::EMPTY
@@ -400,6 +437,7 @@ impl CoordinatorArgs {
             drain_timeout: self.drain_timeout,
             events: !self.no_events,
             pull_dispatch,
+            hedge,
             durable,
         })
     }

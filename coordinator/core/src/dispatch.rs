@@ -62,6 +62,9 @@ pub enum AttemptError {
     /// The task was cancelled (coordinator shutting down past its drain deadline).
     #[error("cancelled")]
     Cancelled,
+    /// A hedged attempt on another slot answered first; this one was cancelled.
+    #[error("cancelled: another slot answered first")]
+    HedgeLost,
 }
 
 impl AttemptError {
@@ -75,6 +78,7 @@ impl AttemptError {
             AttemptError::BadReply(_) => "invalid_output",
             AttemptError::Transport(_) => "transport",
             AttemptError::Cancelled => "cancelled",
+            AttemptError::HedgeLost => "hedge_lost",
         }
     }
 
@@ -86,7 +90,7 @@ impl AttemptError {
             AttemptError::Rejected { code, .. } => *code,
             AttemptError::BadReply(_) => ErrorCode::InvalidOutput,
             AttemptError::Transport(_) => ErrorCode::Internal,
-            AttemptError::Cancelled => ErrorCode::Cancelled,
+            AttemptError::Cancelled | AttemptError::HedgeLost => ErrorCode::Cancelled,
         }
     }
 
@@ -111,6 +115,15 @@ pub struct AttemptLimits {
     pub queued: bool,
     /// Silence that counts as a dead worker.
     pub heartbeat_timeout: Option<Duration>,
+}
+
+/// Why a running attempt was called off by the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOff {
+    /// The coordinator is shutting down past its drain deadline.
+    Shutdown,
+    /// Another attempt (a hedge) answered first.
+    HedgeLost,
 }
 
 struct Inner {
@@ -219,8 +232,10 @@ impl Dispatcher {
         slot: &Slot,
         payload: Bytes,
         limits: AttemptLimits,
+        call_off: &tokio::sync::watch::Receiver<Option<CallOff>>,
     ) -> Result<WorkReply, AttemptError> {
         let inner = &*self.inner;
+        let mut call_off = call_off.clone();
         let id = inner.next.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(PER_ATTEMPT_BUFFER);
         if let Ok(mut p) = inner.pending.lock() {
@@ -272,6 +287,18 @@ impl Dispatcher {
             let wake = silence_deadline.unwrap_or(deadline);
             let msg = tokio::select! {
                 m = rx.recv() => m,
+                Ok(()) = call_off.changed() => {
+                    let why = *call_off.borrow();
+                    if let Some(why) = why {
+                        // Stop the worker too: it aborts its model call.
+                        self.cancel(role, slot, &request_id).await;
+                        return Err(match why {
+                            CallOff::Shutdown => AttemptError::Cancelled,
+                            CallOff::HedgeLost => AttemptError::HedgeLost,
+                        });
+                    }
+                    continue;
+                }
                 () = tokio::time::sleep_until(wake.into()) => {
                     let err = if let (Some(_), Some(heard)) = (silence_deadline, last_heard) {
                         AttemptError::WorkerLost { silent_for: heard.elapsed() }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CoordinatorConfig, PhaseTimeouts};
-use crate::dispatch::{AttemptError, AttemptLimits, Dispatcher, encode_request};
+use crate::dispatch::{AttemptError, AttemptLimits, CallOff, Dispatcher, encode_request};
 use crate::events::EventSink;
 use crate::synthesis;
 
@@ -132,6 +132,8 @@ pub struct Pipeline {
     config: std::sync::Arc<CoordinatorConfig>,
     /// Cancelled when the coordinator stops waiting for tasks (drain deadline).
     hard_stop: CancellationToken,
+    /// Rolling attempt latencies (hedging thresholds).
+    latency: std::sync::Arc<LatencyWindows>,
 }
 
 /// The outcome of one role down its chain.
@@ -155,6 +157,7 @@ impl Pipeline {
             events,
             config,
             hard_stop,
+            latency: Default::default(),
         }
     }
 
@@ -364,13 +367,15 @@ impl Pipeline {
     /// `shutting_down`, a silent worker) is retried once on the same slot at
     /// once. When every slot has been tried and some failed only for want of
     /// capacity, those are tried again with backoff until the phase deadline:
-    /// under load a task waits for a worker instead of failing.
+    /// under load a task waits for a worker instead of failing. A hedged slot
+    /// (see [`CoordinatorConfig::hedge`]) that outlasts its rolling p95 also
+    /// starts the next slot; the first good answer wins.
     async fn run_chain(
         &self,
         spec: &TaskSpec,
         task_started: Instant,
         role: Role,
-        mut req: WorkRequest,
+        req: WorkRequest,
         deadline: Instant,
     ) -> RoleRun {
         let chain = self.config.chain(role).to_vec();
@@ -383,7 +388,9 @@ impl Pipeline {
         let mut backoff = Duration::from_millis(20);
         loop {
             let mut busy: Vec<Slot> = Vec::new();
-            for (i, slot) in round.iter().enumerate() {
+            let mut i = 0;
+            while i < round.len() {
+                let slot = &round[i];
                 let mut retried = false;
                 loop {
                     let now = Instant::now();
@@ -407,24 +414,44 @@ impl Pipeline {
                         }
                         return self.failed(role, last_slot, run, role_started, offset);
                     }
-                    let slots_left = (round.len() - i) as f64;
-                    // Whole milliseconds (rounded): budgets travel in ms, and a reader
-                    // should see "1000 ms", not "999 ms", for a third of 3 s.
-                    let budget = Duration::from_millis(
-                        ((remaining.as_secs_f64() * 1000.0 / slots_left).round() as u64).max(1),
-                    );
+                    let budget = carve(remaining, round.len() - i);
                     last_slot = slot.clone();
-                    req.slot = slot.clone();
-                    match self
-                        .attempt(spec, role, slot, &req, budget, &mut run, offset)
-                        .await
-                    {
-                        Ok(reply) => {
+                    let hedge = round
+                        .get(i + 1)
+                        .filter(|_| !retried && self.config.hedge.contains(&(role, slot.clone())))
+                        .and_then(|next| {
+                            self.latency.p95(role, slot).map(|p95| (next.clone(), p95))
+                        })
+                        .filter(|(_, p95)| *p95 < budget);
+                    let (outcome, used_next) = match hedge {
+                        Some((next, after)) => {
+                            self.hedged(
+                                spec,
+                                role,
+                                (slot, &next),
+                                &req,
+                                budget,
+                                after,
+                                deadline,
+                                round.len() - i,
+                                &mut run,
+                                offset,
+                            )
+                            .await
+                        }
+                        None => (
+                            self.attempt(spec, role, slot, &req, budget, false, &mut run, offset)
+                                .await,
+                            None,
+                        ),
+                    };
+                    match outcome {
+                        Ok((answered_by, reply)) => {
                             let finished = Instant::now();
                             return RoleRun {
                                 result: ModelResult {
                                     role,
-                                    slot: slot.clone(),
+                                    slot: answered_by,
                                     provider: reply.provider,
                                     model: reply.model,
                                     success: true,
@@ -445,7 +472,11 @@ impl Pipeline {
                         Err(AttemptError::Cancelled) => {
                             return self.failed(role, last_slot, run, role_started, offset);
                         }
-                        Err(err) if !retried && err.worth_retrying_same_slot() => {
+                        Err(err)
+                            if used_next.is_none()
+                                && !retried
+                                && err.worth_retrying_same_slot() =>
+                        {
                             retried = true;
                             continue;
                         }
@@ -453,10 +484,16 @@ impl Pipeline {
                             if err.worth_retrying_same_slot() {
                                 busy.push(slot.clone());
                             }
+                            if let Some(next) = used_next {
+                                // The hedge already tried the next slot too.
+                                last_slot = next;
+                                i += 1;
+                            }
                             break;
                         }
                     }
                 }
+                i += 1;
             }
             // Every slot failed. Wait for capacity on the busy ones while time remains.
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -472,7 +509,97 @@ impl Pipeline {
         }
     }
 
-    /// One attempt: event, dispatch, validation, and the record of a failure.
+    /// An attempt on `slots.0`, plus one on `slots.1` if the first is still
+    /// running after `after`; the first good answer wins and the other is
+    /// called off (its worker is told to cancel). Returns the outcome and, when
+    /// the hedge was started, the second slot.
+    #[allow(clippy::too_many_arguments)]
+    async fn hedged(
+        &self,
+        spec: &TaskSpec,
+        role: Role,
+        slots: (&Slot, &Slot),
+        req: &WorkRequest,
+        budget: Duration,
+        after: Duration,
+        deadline: Instant,
+        slots_left: usize,
+        run: &mut ChainLog,
+        offset: impl Fn(Instant) -> f64 + Copy,
+    ) -> (Result<(Slot, WorkReply), AttemptError>, Option<Slot>) {
+        let (primary_slot, hedge_slot) = slots;
+        let mut primary_log = ChainLog::default();
+        let mut hedge_log = ChainLog::default();
+        let (outcome, hedged) = {
+            let (stop_primary, primary_rx) = tokio::sync::watch::channel(None);
+            let (stop_hedge, hedge_rx) = tokio::sync::watch::channel(None);
+            let primary = self.attempt_with(
+                spec,
+                role,
+                primary_slot,
+                req,
+                budget,
+                false,
+                &primary_rx,
+                &mut primary_log,
+                offset,
+            );
+            tokio::pin!(primary);
+            let early = tokio::select! {
+                out = &mut primary => Some(out),
+                () = tokio::time::sleep(after) => None,
+            };
+            match early {
+                Some(out) => (out, false),
+                None => {
+                    tracing::info!(
+                        task_id = %spec.task_id, %role, slot = %primary_slot, hedge = %hedge_slot,
+                        after_ms = after.as_millis() as u64, "hedging"
+                    );
+                    let hedge_budget = carve(
+                        deadline.saturating_duration_since(Instant::now()),
+                        slots_left.saturating_sub(1).max(1),
+                    );
+                    let hedge = self.attempt_with(
+                        spec,
+                        role,
+                        hedge_slot,
+                        req,
+                        hedge_budget,
+                        true,
+                        &hedge_rx,
+                        &mut hedge_log,
+                        offset,
+                    );
+                    tokio::pin!(hedge);
+                    let (first_is_primary, first) = tokio::select! {
+                        out = &mut primary => (true, out),
+                        out = &mut hedge => (false, out),
+                    };
+                    let outcome = match (first.is_ok(), first_is_primary) {
+                        (true, true) => {
+                            let _ = stop_hedge.send(Some(CallOff::HedgeLost));
+                            let _ = (&mut hedge).await;
+                            first
+                        }
+                        (true, false) => {
+                            let _ = stop_primary.send(Some(CallOff::HedgeLost));
+                            let _ = (&mut primary).await;
+                            first
+                        }
+                        (false, true) => hedge.await,
+                        (false, false) => primary.await,
+                    };
+                    (outcome, true)
+                }
+            }
+        };
+        run.absorb(primary_log);
+        run.absorb(hedge_log);
+        (outcome, hedged.then(|| hedge_slot.clone()))
+    }
+
+    /// One attempt that cannot be called off by a hedge.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
@@ -481,21 +608,43 @@ impl Pipeline {
         slot: &Slot,
         req: &WorkRequest,
         budget: Duration,
+        is_hedge: bool,
         run: &mut ChainLog,
         offset: impl Fn(Instant) -> f64,
-    ) -> Result<WorkReply, AttemptError> {
+    ) -> Result<(Slot, WorkReply), AttemptError> {
+        let (_keep, never) = tokio::sync::watch::channel(None);
+        self.attempt_with(spec, role, slot, req, budget, is_hedge, &never, run, offset)
+            .await
+    }
+
+    /// One attempt: event, dispatch, validation, and the record of its outcome.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_with(
+        &self,
+        spec: &TaskSpec,
+        role: Role,
+        slot: &Slot,
+        req: &WorkRequest,
+        budget: Duration,
+        is_hedge: bool,
+        call_off: &tokio::sync::watch::Receiver<Option<CallOff>>,
+        run: &mut ChainLog,
+        offset: impl Fn(Instant) -> f64,
+    ) -> Result<(Slot, WorkReply), AttemptError> {
+        let mut req = req.clone();
+        req.slot = slot.clone();
         self.events
             .emit(
                 &spec.task_id,
                 EventKind::ModelAttempt,
                 json!({
                     "role": role, "slot": slot, "attempt": run.attempts.len() + 1,
-                    "budget_ms": budget.as_millis() as u64,
+                    "budget_ms": budget.as_millis() as u64, "hedge": is_hedge,
                 }),
             )
             .await;
         let attempt_start = Instant::now();
-        let outcome = match encode_request(req) {
+        let outcome = match encode_request(&req) {
             Ok(payload) => {
                 let limits = AttemptLimits {
                     budget,
@@ -503,16 +652,20 @@ impl Pipeline {
                     heartbeat_timeout: self.config.heartbeat_timeout,
                 };
                 tokio::select! {
-                    r = self.dispatcher.attempt(&spec.task_id, role, slot, payload, limits) => r,
+                    r = self.dispatcher.attempt(&spec.task_id, role, slot, payload, limits, call_off) => r,
                     () = self.hard_stop.cancelled() => Err(AttemptError::Cancelled),
                 }
             }
             Err(e) => Err(e),
         };
         let outcome = outcome.and_then(|reply| validate(role, reply));
-        let latency_ms = attempt_start.elapsed().as_secs_f64() * 1000.0;
+        let latency = attempt_start.elapsed();
+        let latency_ms = latency.as_secs_f64() * 1000.0;
         let (outcome_name, error) = match &outcome {
-            Ok(_) => ("ok".to_string(), None),
+            Ok(_) => {
+                self.latency.record(role, slot, latency);
+                ("ok".to_string(), None)
+            }
             Err(err) => (err.code().to_string(), Some(err.to_string())),
         };
         run.attempts.push((
@@ -526,23 +679,27 @@ impl Pipeline {
                 budget_ms: budget.as_millis() as u64,
             },
         ));
-        if let Err(err) = &outcome {
-            tracing::info!(task_id = %spec.task_id, %role, %slot, error = %err, "attempt failed");
-            run.failures
-                .push((offset(attempt_start), format!("{role}/{slot}: {err}")));
-            run.last_error = Some(err.clone());
-            self.events
-                .emit(
-                    &spec.task_id,
-                    EventKind::Fallback,
-                    json!({
-                        "role": role, "slot": slot, "error_code": err.code(),
-                        "error": err.to_string(),
-                    }),
-                )
-                .await;
+        match &outcome {
+            Err(AttemptError::HedgeLost) => {}
+            Err(err) => {
+                tracing::info!(task_id = %spec.task_id, %role, %slot, error = %err, "attempt failed");
+                run.failures
+                    .push((offset(attempt_start), format!("{role}/{slot}: {err}")));
+                run.last_error = Some(err.clone());
+                self.events
+                    .emit(
+                        &spec.task_id,
+                        EventKind::Fallback,
+                        json!({
+                            "role": role, "slot": slot, "error_code": err.code(),
+                            "error": err.to_string(),
+                        }),
+                    )
+                    .await;
+            }
+            Ok(_) => {}
         }
-        outcome
+        outcome.map(|reply| (slot.clone(), reply))
     }
 
     fn failed(
@@ -588,12 +745,66 @@ impl Pipeline {
     }
 }
 
+/// `remaining / slots_left` in whole milliseconds (rounded): budgets travel in
+/// ms, and a reader should see "1000 ms", not "999 ms", for a third of 3 s.
+fn carve(remaining: Duration, slots_left: usize) -> Duration {
+    let share = remaining.as_secs_f64() * 1000.0 / slots_left.max(1) as f64;
+    Duration::from_millis((share.round() as u64).max(1))
+}
+
+/// Rolling latencies of successful attempts per role/slot (the hedging threshold).
+#[derive(Default)]
+pub struct LatencyWindows {
+    inner: std::sync::Mutex<
+        std::collections::HashMap<(Role, Slot), std::collections::VecDeque<Duration>>,
+    >,
+}
+
+impl LatencyWindows {
+    /// Samples kept per slot.
+    pub const WINDOW: usize = 256;
+    /// Samples needed before a p95 is trusted.
+    pub const MIN_SAMPLES: usize = 20;
+
+    fn record(&self, role: Role, slot: &Slot, d: Duration) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        let w = m.entry((role, slot.clone())).or_default();
+        if w.len() == Self::WINDOW {
+            w.pop_front();
+        }
+        w.push_back(d);
+    }
+
+    /// The slot's p95, once there are enough samples.
+    pub fn p95(&self, role: Role, slot: &Slot) -> Option<Duration> {
+        let m = self.inner.lock().ok()?;
+        let w = m.get(&(role, slot.clone()))?;
+        if w.len() < Self::MIN_SAMPLES {
+            return None;
+        }
+        let mut v: Vec<Duration> = w.iter().copied().collect();
+        v.sort_unstable();
+        v.get((v.len() * 95).div_ceil(100).saturating_sub(1))
+            .copied()
+    }
+}
+
 /// What a chain run recorded so far.
 #[derive(Default)]
 struct ChainLog {
     attempts: Vec<(f64, Attempt)>,
     failures: Vec<(f64, String)>,
     last_error: Option<AttemptError>,
+}
+
+impl ChainLog {
+    fn absorb(&mut self, other: ChainLog) {
+        self.attempts.extend(other.attempts);
+        self.failures.extend(other.failures);
+        if other.last_error.is_some() {
+            self.last_error = other.last_error;
+        }
+    }
 }
 
 /// Checks that a reply's content has the role's shape; anything else is a failed attempt.
