@@ -117,9 +117,37 @@ impl ProviderError {
     }
 }
 
+impl ProviderError {
+    /// The explanation without the leading code word, for places that show the
+    /// code separately (a [`WorkError`] is displayed as `code: message`, so
+    /// this avoids `unauthorized: unauthorized: ...`).
+    pub fn detail(&self) -> String {
+        match self {
+            ProviderError::RateLimited {
+                message,
+                retry_after,
+            } => match retry_after {
+                Some(d) => format!("{message} (server asked to wait {} ms)", d.as_millis()),
+                None => message.clone(),
+            },
+            ProviderError::QuotaExceeded(m)
+            | ProviderError::Unauthorized(m)
+            | ProviderError::BadRequest(m)
+            | ProviderError::Unavailable(m)
+            | ProviderError::TimedOut(m)
+            | ProviderError::InvalidOutput(m) => m.clone(),
+            ProviderError::Upstream { status, message } => match status {
+                Some(s) => format!("HTTP {s}: {message}"),
+                None => message.clone(),
+            },
+            ProviderError::Cancelled => "the job was cancelled".into(),
+        }
+    }
+}
+
 impl From<ProviderError> for WorkError {
     fn from(e: ProviderError) -> WorkError {
-        WorkError::new(e.code(), e.to_string())
+        WorkError::new(e.code(), e.detail())
     }
 }
 
@@ -131,9 +159,20 @@ pub trait ChatModel: Send + Sync + 'static {
     /// Provider kind and configured model, for discovery and results.
     fn info(&self) -> ProviderInfo;
 
+    /// The OpenTelemetry `gen_ai.provider.name` of the service behind this
+    /// backend (`openai`, `moonshot_ai`, `openrouter`, `ollama`, ...). Defaults
+    /// to the provider kind.
+    fn gen_ai_provider(&self) -> String {
+        self.info().provider
+    }
+
     /// Sends one request.
     ///
     /// # Errors
     /// Typed failures: see [`ProviderError`].
-    async fn chat(&self, request: &ChatRequest, ctx: &JobContext) -> Result<ChatResponse, ProviderError>;
+    async fn chat(
+        &self,
+        request: &ChatRequest,
+        ctx: &JobContext,
+    ) -> Result<ChatResponse, ProviderError>;
 }

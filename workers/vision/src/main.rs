@@ -6,16 +6,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use orch_shared::config::{Problems, exit_config, parse_args};
+use orch_providers::cli::ModelArgs;
+use orch_shared::config::{ConfigError, Problems, exit_config, parse_args};
 use orch_shared::{Role, telemetry};
 use orch_worker::sim::{SimArgs, SimHandler};
 use orch_worker::{Handler, WorkerArgs};
 
 const NAME: &str = "orch-vision";
+const ROLE: Role = Role::Vision;
 
 /// Backends this worker can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Provider {
+    /// Ollama's native API (default; model minicpm-v unless --ollama-model).
+    Ollama,
+    /// An OpenAI-compatible Chat Completions API with a vision model (--base-url, --model).
+    Openai,
     /// The documented simulator (tests, benchmarks); never for real use.
     Sim,
 }
@@ -26,8 +32,10 @@ struct Cli {
     #[command(flatten)]
     worker: WorkerArgs,
     /// Backend to use.
-    #[arg(long, env = "ORCH_PROVIDER", value_enum)]
+    #[arg(long, env = "ORCH_PROVIDER", value_enum, default_value_t = Provider::Ollama)]
     provider: Provider,
+    #[command(flatten)]
+    models: ModelArgs,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -37,15 +45,21 @@ async fn main() -> ExitCode {
     let cli: Cli = parse_args();
     let telemetry = telemetry::init(NAME, &cli.worker.log);
     let mut problems = Problems::default();
-    let handler: Arc<dyn Handler> = match cli.provider {
+    let handler: Option<Arc<dyn Handler>> = match cli.provider {
+        Provider::Ollama => cli.models.ollama(ROLE, &mut problems),
+        Provider::Openai => cli.models.openai(ROLE, &mut problems),
         Provider::Sim => {
             cli.sim.check(&mut problems);
-            Arc::new(SimHandler::new(Role::Vision, cli.sim.clone()))
+            Some(Arc::new(SimHandler::new(ROLE, cli.sim.clone())))
         }
     };
     let serve_cfg = match cli.worker.serve_config("default", 1, problems) {
         Ok(c) => c,
         Err(e) => exit_config(NAME, &e),
+    };
+    // A handler is missing only together with a problem, which serve_config reported.
+    let Some(handler) = handler else {
+        exit_config(NAME, &ConfigError(vec!["no backend could be built".into()]))
     };
     let code = orch_worker::run::run(&cli.worker, handler, serve_cfg).await;
     telemetry.shutdown().await;
