@@ -49,7 +49,7 @@ fn state_dir(a: &UpArgs) -> PathBuf {
     })
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the orch binary")?;
     let path = exe
         .parent()

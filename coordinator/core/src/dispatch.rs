@@ -20,12 +20,51 @@ use futures::StreamExt as _;
 use orch_shared::codec::{Encoding, error_from_reply};
 use orch_shared::wire::{WorkReply, WorkRequest};
 use orch_shared::{ErrorCode, Role, Slot, TaskId, headers, subjects};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Messages buffered per attempt: heartbeats are dropped rather than block the router.
-const PER_ATTEMPT_BUFFER: usize = 4;
+/// Where the router leaves what arrives for one attempt. Heartbeats only
+/// need their time, so they overwrite each other; the final reply is kept.
+/// (A few hundred bytes, where a channel would preallocate kilobytes per
+/// attempt: with 10,000 tasks in flight that difference is the heap.)
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct InboxState {
+    last_heartbeat: Option<Instant>,
+    reply: Option<Message>,
+}
+
+impl Inbox {
+    fn deliver(&self, msg: Message) {
+        let heartbeat = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::ORCH_KIND))
+            .is_some_and(|k| k.as_str() == headers::KIND_HEARTBEAT);
+        if let Ok(mut st) = self.state.lock() {
+            if heartbeat {
+                st.last_heartbeat = Some(Instant::now());
+            } else if st.reply.is_none() {
+                st.reply = Some(msg);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The final reply if one came, and the time of the latest heartbeat.
+    fn take(&self) -> (Option<Message>, Option<Instant>) {
+        match self.state.lock() {
+            Ok(mut st) => (st.reply.take(), st.last_heartbeat),
+            Err(_) => (None, None),
+        }
+    }
+}
 
 /// Why an attempt failed. The pipeline decides what to do by matching on this.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -133,7 +172,7 @@ struct Inner {
     /// Whether a slot's queue consumer exists (workers ever pulled), cached briefly.
     consumers: Mutex<HashMap<String, (Instant, bool)>>,
     prefix: String,
-    pending: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    pending: Mutex<HashMap<u64, Arc<Inbox>>>,
     next: AtomicU64,
     instance: String,
 }
@@ -200,10 +239,9 @@ impl Dispatcher {
                 else {
                     continue;
                 };
-                let tx = router.pending.lock().ok().and_then(|p| p.get(&id).cloned());
-                if let Some(tx) = tx {
-                    // A full buffer only ever holds heartbeats; dropping one is harmless.
-                    let _ = tx.try_send(msg);
+                let inbox = router.pending.lock().ok().and_then(|p| p.get(&id).cloned());
+                if let Some(inbox) = inbox {
+                    inbox.deliver(msg);
                 }
             }
             let _ = sub.unsubscribe().await;
@@ -237,9 +275,9 @@ impl Dispatcher {
         let inner = &*self.inner;
         let mut call_off = call_off.clone();
         let id = inner.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel(PER_ATTEMPT_BUFFER);
+        let inbox = Arc::new(Inbox::default());
         if let Ok(mut p) = inner.pending.lock() {
-            p.insert(id, tx);
+            p.insert(id, inbox.clone());
         }
         let _guard = PendingGuard { inner, id };
         let request_id = format!("{}-{id}", inner.instance);
@@ -254,6 +292,77 @@ impl Dispatcher {
         h.insert(headers::ORCH_REQUEST_ID, request_id.as_str());
         h.insert(headers::ORCH_TASK_ID, task_id.as_str());
         let reply = format!("{}.{id}", inner.prefix);
+        // Boxed: the send path is large and only lives until the request is out,
+        // while the attempt itself may wait a long time for its reply.
+        Box::pin(self.send(role, slot, reply, h, payload, &limits, deadline, budget)).await?;
+
+        // Queued work may wait at the broker for a free worker: silence only
+        // counts once a worker has taken it (its first heartbeat).
+        let mut last_heard: Option<Instant> = (!limits.queued).then(Instant::now);
+        loop {
+            let silence_deadline = match (limits.heartbeat_timeout, last_heard) {
+                (Some(t), Some(heard)) => Some(heard + t).filter(|d| *d < deadline),
+                _ => None,
+            };
+            let wake = silence_deadline.unwrap_or(deadline);
+            tokio::select! {
+                () = inbox.wake.notified() => {}
+                Ok(()) = call_off.changed() => {
+                    let why = *call_off.borrow();
+                    if let Some(why) = why {
+                        // Stop the worker too: it aborts its model call.
+                        Box::pin(self.cancel(role, slot, &request_id)).await;
+                        return Err(match why {
+                            CallOff::Shutdown => AttemptError::Cancelled,
+                            CallOff::HedgeLost => AttemptError::HedgeLost,
+                        });
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let err = if let (Some(_), Some(heard)) = (silence_deadline, last_heard) {
+                        AttemptError::WorkerLost { silent_for: heard.elapsed() }
+                    } else {
+                        AttemptError::TimedOut { after: budget }
+                    };
+                    Box::pin(self.cancel(role, slot, &request_id)).await;
+                    return Err(err);
+                }
+            }
+            let (reply, heartbeat) = inbox.take();
+            if heartbeat.is_some() {
+                last_heard = heartbeat;
+            }
+            let Some(msg) = reply else { continue };
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                return Err(AttemptError::NoResponders);
+            }
+            return match decode_reply(&msg) {
+                // The worker's clock ran out a hair before ours: same event, one wording.
+                Err(AttemptError::Rejected {
+                    code: ErrorCode::TimedOut,
+                    ..
+                }) => Err(AttemptError::TimedOut { after: budget }),
+                other => other,
+            };
+        }
+    }
+
+    /// Publishes a work request: core request/reply to the slot's queue group,
+    /// or into the `ORCH_WORK` queue (waiting for the stream's acknowledgement).
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        role: Role,
+        slot: &Slot,
+        reply: String,
+        mut h: HeaderMap,
+        payload: Bytes,
+        limits: &AttemptLimits,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<(), AttemptError> {
+        let inner = &*self.inner;
         if limits.queued {
             if !self.queue_has_workers(role, slot).await {
                 return Err(AttemptError::NoResponders);
@@ -275,63 +384,7 @@ impl Dispatcher {
                 .await
                 .map_err(|e| AttemptError::Transport(e.to_string()))?;
         }
-
-        // Queued work may wait at the broker for a free worker: silence only
-        // counts once a worker has taken it (its first heartbeat).
-        let mut last_heard: Option<Instant> = (!limits.queued).then(Instant::now);
-        loop {
-            let silence_deadline = match (limits.heartbeat_timeout, last_heard) {
-                (Some(t), Some(heard)) => Some(heard + t).filter(|d| *d < deadline),
-                _ => None,
-            };
-            let wake = silence_deadline.unwrap_or(deadline);
-            let msg = tokio::select! {
-                m = rx.recv() => m,
-                Ok(()) = call_off.changed() => {
-                    let why = *call_off.borrow();
-                    if let Some(why) = why {
-                        // Stop the worker too: it aborts its model call.
-                        self.cancel(role, slot, &request_id).await;
-                        return Err(match why {
-                            CallOff::Shutdown => AttemptError::Cancelled,
-                            CallOff::HedgeLost => AttemptError::HedgeLost,
-                        });
-                    }
-                    continue;
-                }
-                () = tokio::time::sleep_until(wake.into()) => {
-                    let err = if let (Some(_), Some(heard)) = (silence_deadline, last_heard) {
-                        AttemptError::WorkerLost { silent_for: heard.elapsed() }
-                    } else {
-                        AttemptError::TimedOut { after: budget }
-                    };
-                    self.cancel(role, slot, &request_id).await;
-                    return Err(err);
-                }
-            };
-            let Some(msg) = msg else {
-                return Err(AttemptError::Transport("reply router stopped".into()));
-            };
-            if msg.status == Some(StatusCode::NO_RESPONDERS) {
-                return Err(AttemptError::NoResponders);
-            }
-            let hdrs = msg.headers.as_ref();
-            if hdrs
-                .and_then(|h| h.get(headers::ORCH_KIND))
-                .is_some_and(|k| k.as_str() == headers::KIND_HEARTBEAT)
-            {
-                last_heard = Some(Instant::now());
-                continue;
-            }
-            return match decode_reply(&msg) {
-                // The worker's clock ran out a hair before ours: same event, one wording.
-                Err(AttemptError::Rejected {
-                    code: ErrorCode::TimedOut,
-                    ..
-                }) => Err(AttemptError::TimedOut { after: budget }),
-                other => other,
-            };
-        }
+        Ok(())
     }
 
     /// Whether workers ever pulled from the slot's queue (its consumer exists).

@@ -167,21 +167,20 @@ impl Pipeline {
     pub async fn run(&self, spec: TaskSpec) -> OrchestratedResult {
         let started = Instant::now();
         let id = &spec.task_id;
-        self.events
-            .emit(
-                id,
-                EventKind::ActionStart,
-                json!({
-                    "task": spec.task,
-                    "roles": spec.roles.iter().map(Role::as_str).collect::<Vec<_>>(),
-                    "timeouts_ms": {
-                        "parallel": spec.timeouts.parallel.as_millis() as u64,
-                        "reasoning": spec.timeouts.reasoning.as_millis() as u64,
-                        "verification": spec.timeouts.verification.as_millis() as u64,
-                    },
-                }),
-            )
-            .await;
+        Box::pin(self.events.emit(
+            id,
+            EventKind::ActionStart,
+            json!({
+                "task": spec.task,
+                "roles": spec.roles.iter().map(Role::as_str).collect::<Vec<_>>(),
+                "timeouts_ms": {
+                    "parallel": spec.timeouts.parallel.as_millis() as u64,
+                    "reasoning": spec.timeouts.reasoning.as_millis() as u64,
+                    "verification": spec.timeouts.verification.as_millis() as u64,
+                },
+            }),
+        ))
+        .await;
 
         let mut runs: BTreeMap<Role, RoleRun> = BTreeMap::new();
 
@@ -191,14 +190,13 @@ impl Pipeline {
             .filter(|r| spec.roles.contains(*r))
             .collect();
         if !p1.is_empty() {
-            let phase_start = self.phase_started(&spec, Phase::Parallel, &p1).await;
+            let phase_start = Box::pin(self.phase_started(&spec, Phase::Parallel, &p1)).await;
             let deadline = Instant::now() + spec.timeouts.parallel;
             let vision = async {
                 if spec.roles.contains(Role::Vision) {
                     let req = self.work_request(&spec, Role::Vision);
                     Some(
-                        self.run_chain(&spec, started, Role::Vision, req, deadline)
-                            .await,
+                        Box::pin(self.run_chain(&spec, started, Role::Vision, req, deadline)).await,
                     )
                 } else {
                     None
@@ -208,10 +206,7 @@ impl Pipeline {
                 if spec.roles.contains(Role::Web) {
                     let mut req = self.work_request(&spec, Role::Web);
                     req.query = Some(spec.web_query.clone());
-                    Some(
-                        self.run_chain(&spec, started, Role::Web, req, deadline)
-                            .await,
-                    )
+                    Some(Box::pin(self.run_chain(&spec, started, Role::Web, req, deadline)).await)
                 } else {
                     None
                 }
@@ -222,8 +217,7 @@ impl Pipeline {
                     runs.insert(role, run);
                 }
             }
-            self.phase_completed(&spec, Phase::Parallel, phase_start, &runs, &p1)
-                .await;
+            Box::pin(self.phase_completed(&spec, Phase::Parallel, phase_start, &runs, &p1)).await;
         }
         let vision: Option<VisionAnalysis> = parsed(&runs, Role::Vision);
         let web: Option<WebFindings> = parsed(&runs, Role::Web);
@@ -231,25 +225,22 @@ impl Pipeline {
         // ---- Phase 2: reasoning ----
         let mut plan: Option<Plan> = None;
         if spec.roles.contains(Role::Reasoner) {
-            let phase_start = self
-                .phase_started(&spec, Phase::Reasoning, &[Role::Reasoner])
-                .await;
+            let phase_start =
+                Box::pin(self.phase_started(&spec, Phase::Reasoning, &[Role::Reasoner])).await;
             let deadline = Instant::now() + spec.timeouts.reasoning;
             let mut req = self.work_request(&spec, Role::Reasoner);
             req.vision = vision.clone();
             req.web = web.clone();
-            let run = self
-                .run_chain(&spec, started, Role::Reasoner, req, deadline)
-                .await;
+            let run = Box::pin(self.run_chain(&spec, started, Role::Reasoner, req, deadline)).await;
             runs.insert(Role::Reasoner, run);
             plan = parsed(&runs, Role::Reasoner);
-            self.phase_completed(
+            Box::pin(self.phase_completed(
                 &spec,
                 Phase::Reasoning,
                 phase_start,
                 &runs,
                 &[Role::Reasoner],
-            )
+            ))
             .await;
         }
 
@@ -258,26 +249,23 @@ impl Pipeline {
         if spec.roles.contains(Role::Verifier)
             && let Some(answer) = &plan
         {
-            let phase_start = self
-                .phase_started(&spec, Phase::Verification, &[Role::Verifier])
-                .await;
+            let phase_start =
+                Box::pin(self.phase_started(&spec, Phase::Verification, &[Role::Verifier])).await;
             let deadline = Instant::now() + spec.timeouts.verification;
             let mut req = self.work_request(&spec, Role::Verifier);
             req.vision = vision.clone();
             req.web = web.clone();
             req.answer = Some(answer.clone());
-            let run = self
-                .run_chain(&spec, started, Role::Verifier, req, deadline)
-                .await;
+            let run = Box::pin(self.run_chain(&spec, started, Role::Verifier, req, deadline)).await;
             runs.insert(Role::Verifier, run);
             verdict = parsed(&runs, Role::Verifier);
-            self.phase_completed(
+            Box::pin(self.phase_completed(
                 &spec,
                 Phase::Verification,
                 phase_start,
                 &runs,
                 &[Role::Verifier],
-            )
+            ))
             .await;
         }
 
@@ -290,9 +278,11 @@ impl Pipeline {
             available_tools: &spec.available_tools,
         });
         for c in &outcome.conflicts {
-            self.events
-                .emit(id, EventKind::Conflict, json!({ "conflict": c }))
-                .await;
+            Box::pin(
+                self.events
+                    .emit(id, EventKind::Conflict, json!({ "conflict": c })),
+            )
+            .await;
         }
         assemble(&spec, started, runs, plan.is_some(), outcome)
     }
@@ -323,13 +313,12 @@ impl Pipeline {
     }
 
     async fn phase_started(&self, spec: &TaskSpec, phase: Phase, roles: &[Role]) -> Instant {
-        self.events
-            .emit(
-                &spec.task_id,
-                EventKind::PhaseStarted,
-                json!({ "phase": phase.as_str(), "roles": roles }),
-            )
-            .await;
+        Box::pin(self.events.emit(
+            &spec.task_id,
+            EventKind::PhaseStarted,
+            json!({ "phase": phase.as_str(), "roles": roles }),
+        ))
+        .await;
         Instant::now()
     }
 
@@ -346,18 +335,17 @@ impl Pipeline {
             .copied()
             .filter(|r| runs.contains_key(r))
             .partition(|r| runs[r].result.success);
-        self.events
-            .emit(
-                &spec.task_id,
-                EventKind::PhaseCompleted,
-                json!({
-                    "phase": phase.as_str(),
-                    "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
-                    "succeeded": ok,
-                    "failed": failed,
-                }),
-            )
-            .await;
+        Box::pin(self.events.emit(
+            &spec.task_id,
+            EventKind::PhaseCompleted,
+            json!({
+                "phase": phase.as_str(),
+                "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "succeeded": ok,
+                "failed": failed,
+            }),
+        ))
+        .await;
     }
 
     /// Runs one role down its fallback chain within `deadline`.
@@ -425,7 +413,7 @@ impl Pipeline {
                         .filter(|(_, p95)| *p95 < budget);
                     let (outcome, used_next) = match hedge {
                         Some((next, after)) => {
-                            self.hedged(
+                            Box::pin(self.hedged(
                                 spec,
                                 role,
                                 (slot, &next),
@@ -436,7 +424,7 @@ impl Pipeline {
                                 round.len() - i,
                                 &mut run,
                                 offset,
-                            )
+                            ))
                             .await
                         }
                         None => (
@@ -481,7 +469,14 @@ impl Pipeline {
                             continue;
                         }
                         Err(err) => {
-                            if err.worth_retrying_same_slot() {
+                            // Busy workers, or a slot that answered recently but has no
+                            // responders now (workers reconnecting after a NATS restart):
+                            // worth another round while the phase has time.
+                            let transient = matches!(
+                                err,
+                                AttemptError::NoResponders | AttemptError::Transport(_)
+                            ) && self.latency.answered_within(role, slot, RECENTLY);
+                            if err.worth_retrying_same_slot() || transient {
                                 busy.push(slot.clone());
                             }
                             if let Some(next) = used_next {
@@ -631,20 +626,23 @@ impl Pipeline {
         run: &mut ChainLog,
         offset: impl Fn(Instant) -> f64,
     ) -> Result<(Slot, WorkReply), AttemptError> {
-        let mut req = req.clone();
-        req.slot = slot.clone();
-        self.events
-            .emit(
-                &spec.task_id,
-                EventKind::ModelAttempt,
-                json!({
-                    "role": role, "slot": slot, "attempt": run.attempts.len() + 1,
-                    "budget_ms": budget.as_millis() as u64, "hedge": is_hedge,
-                }),
-            )
-            .await;
+        // Encode first (the request then lives only as bytes while we wait).
+        let payload = {
+            let mut req = req.clone();
+            req.slot = slot.clone();
+            encode_request(&req)
+        };
+        Box::pin(self.events.emit(
+            &spec.task_id,
+            EventKind::ModelAttempt,
+            json!({
+                "role": role, "slot": slot, "attempt": run.attempts.len() + 1,
+                "budget_ms": budget.as_millis() as u64, "hedge": is_hedge,
+            }),
+        ))
+        .await;
         let attempt_start = Instant::now();
-        let outcome = match encode_request(&req) {
+        let outcome = match payload {
             Ok(payload) => {
                 let limits = AttemptLimits {
                     budget,
@@ -686,16 +684,15 @@ impl Pipeline {
                 run.failures
                     .push((offset(attempt_start), format!("{role}/{slot}: {err}")));
                 run.last_error = Some(err.clone());
-                self.events
-                    .emit(
-                        &spec.task_id,
-                        EventKind::Fallback,
-                        json!({
-                            "role": role, "slot": slot, "error_code": err.code(),
-                            "error": err.to_string(),
-                        }),
-                    )
-                    .await;
+                Box::pin(self.events.emit(
+                    &spec.task_id,
+                    EventKind::Fallback,
+                    json!({
+                        "role": role, "slot": slot, "error_code": err.code(),
+                        "error": err.to_string(),
+                    }),
+                ))
+                .await;
             }
             Ok(_) => {}
         }
@@ -752,12 +749,18 @@ fn carve(remaining: Duration, slots_left: usize) -> Duration {
     Duration::from_millis((share.round() as u64).max(1))
 }
 
-/// Rolling latencies of successful attempts per role/slot (the hedging threshold).
+/// A slot that answered this recently and now has no responders is presumed
+/// to be reconnecting, not gone.
+const RECENTLY: Duration = Duration::from_secs(60);
+
+/// Rolling latencies of successful attempts per role/slot (the hedging
+/// threshold), and when each slot last answered.
 #[derive(Default)]
 pub struct LatencyWindows {
     inner: std::sync::Mutex<
         std::collections::HashMap<(Role, Slot), std::collections::VecDeque<Duration>>,
     >,
+    last_ok: std::sync::Mutex<std::collections::HashMap<(Role, Slot), Instant>>,
 }
 
 impl LatencyWindows {
@@ -766,7 +769,19 @@ impl LatencyWindows {
     /// Samples needed before a p95 is trusted.
     pub const MIN_SAMPLES: usize = 20;
 
+    /// Whether the slot answered within `within`.
+    pub fn answered_within(&self, role: Role, slot: &Slot, within: Duration) -> bool {
+        self.last_ok
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(role, slot.clone())).copied())
+            .is_some_and(|t| t.elapsed() < within)
+    }
+
     fn record(&self, role: Role, slot: &Slot, d: Duration) {
+        if let Ok(mut m) = self.last_ok.lock() {
+            m.insert((role, slot.clone()), Instant::now());
+        }
         let Ok(mut m) = self.inner.lock() else { return };
         let w = m.entry((role, slot.clone())).or_default();
         if w.len() == Self::WINDOW {

@@ -172,6 +172,12 @@ impl Coordinator {
         self
     }
 
+    /// Stops the background work (reply router, stats projection) of a
+    /// coordinator used in-process without [`serve`], which does this itself.
+    pub fn shutdown(&self) {
+        self.stop_background.cancel();
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config
@@ -235,30 +241,29 @@ impl Coordinator {
         let cache = self
             .durable
             .as_ref()
-            .and_then(|d| d.cache.clone())
+            .and_then(|d| d.cache.as_ref())
             .filter(|_| spec.use_cache);
         let key = cache
             .as_ref()
             .map(|_| crate::cache::key(&spec, &self.config));
-        if let (Some(store), Some(key)) = (&cache, &key)
-            && let Some(mut hit) = crate::cache::lookup(store, key).await
+        if let (Some(store), Some(key)) = (cache, &key)
+            && let Some(mut hit) = Box::pin(crate::cache::lookup(store, key)).await
         {
             hit.task_id = spec.task_id.to_string();
             hit.task = spec.task.clone();
             hit.cached = true;
             hit.execution_time_ms = started.elapsed().as_secs_f64() * 1000.0;
-            self.events
-                .emit(
-                    &spec.task_id,
-                    orch_shared::wire::EventKind::ActionStart,
-                    serde_json::json!({"task": spec.task, "cached": true}),
-                )
-                .await;
+            Box::pin(self.events.emit(
+                &spec.task_id,
+                orch_shared::wire::EventKind::ActionStart,
+                serde_json::json!({"task": spec.task, "cached": true}),
+            ))
+            .await;
             return hit;
         }
-        let result = self.pipeline.run(spec).await;
-        if let (Some(store), Some(key)) = (&cache, &key) {
-            crate::cache::store(store, key, &result).await;
+        let result = Box::pin(self.pipeline.run(spec)).await;
+        if let (Some(store), Some(key)) = (cache, &key) {
+            Box::pin(crate::cache::store(store, key, &result)).await;
         }
         result
     }
@@ -274,7 +279,7 @@ impl Coordinator {
             return;
         };
         let (kind, details) = final_event(result, &delta);
-        let Some(ack) = self.events.emit_final(&id, kind, details).await else {
+        let Some(ack) = Box::pin(self.events.emit_final(&id, kind, details)).await else {
             return;
         };
         let finals = self.finals.clone();
@@ -356,7 +361,7 @@ impl Coordinator {
                 None => None,
             }
         };
-        let (result, pending) = tokio::join!(self.run(spec), pending);
+        let (result, pending) = run_beside(Box::pin(self.run(spec)), Box::pin(pending)).await;
         self.finish_event(&result).await;
         self.store(&result, pending).await;
         Ok(result)
@@ -450,8 +455,9 @@ impl Coordinator {
         report
     }
 
-    async fn handle_submit(&self, request: service::Request, _permit: OwnedSemaphorePermit) {
-        let msg = &request.message;
+    /// Decodes and validates a submit (no awaiting, so none of this is kept
+    /// in the task's state while it waits on workers).
+    fn decode_submit(&self, msg: &async_nats::Message) -> (Encoding, Result<TaskSpec, ErrorBody>) {
         let enc = Encoding::from_headers(msg.headers.as_ref());
         let decoded = enc
             .clone()
@@ -461,8 +467,13 @@ impl Coordinator {
             Ok(req) => self.spec(req),
             Err(e) => Err(e.to_body()),
         };
+        (enc, spec)
+    }
+
+    async fn handle_submit(&self, request: service::Request, _permit: OwnedSemaphorePermit) {
+        let (enc, spec) = self.decode_submit(&request.message);
         let spec = match spec {
-            Ok(spec) => match self.check_refs(&spec).await {
+            Ok(spec) => match Box::pin(self.check_refs(&spec)).await {
                 Ok(()) => Ok(spec),
                 Err(e) => Err(e),
             },
@@ -473,9 +484,9 @@ impl Coordinator {
             Err(body) => {
                 tracing::warn!(
                     code = %body.error.code, error = %body.error.message,
-                    bytes = msg.payload.len(), "submit refused"
+                    bytes = request.message.payload.len(), "submit refused"
                 );
-                reply_error(&request, enc, &body).await;
+                Box::pin(reply_error(&request, enc, &body)).await;
                 return;
             }
         };
@@ -486,17 +497,17 @@ impl Coordinator {
                 None => None,
             }
         };
-        let (result, pending) = tokio::join!(self.run(spec), pending);
-        self.finish_event(&result).await;
+        let (result, pending) = run_beside(Box::pin(self.run(spec)), Box::pin(pending)).await;
+        Box::pin(self.finish_event(&result)).await;
         // Reply first: storing the result is for later readers, not this caller.
         match enc.encode(&result) {
-            Ok(payload) => respond(&request, enc.headers(), payload).await,
+            Ok(payload) => Box::pin(respond(&request, enc.headers(), payload)).await,
             Err(e) => {
                 let body = ErrorBody::new(ErrorCode::Internal, format!("encoding the result: {e}"));
-                reply_error(&request, enc, &body).await;
+                Box::pin(reply_error(&request, enc, &body)).await;
             }
         }
-        self.store(&result, pending).await;
+        Box::pin(self.store(&result, pending)).await;
     }
 
     async fn handle_results_get(&self, request: service::Request) {
@@ -580,6 +591,28 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// Runs `main` and, beside it, the short `side` job (the pending-result marker),
+/// freeing the side job's state as soon as it is done: a task waiting on a
+/// worker should hold only what it is waiting on.
+async fn run_beside<A, B>(
+    main: impl std::future::Future<Output = A>,
+    side: impl std::future::Future<Output = B>,
+) -> (A, B) {
+    // Callers pass boxed futures: this function's own state stays two pointers.
+    let mut main = std::pin::pin!(main);
+    let mut side = Box::pin(side);
+    let side_out = tokio::select! {
+        out = &mut side => out,
+        out = &mut main => {
+            // The main job finished first: finish the side job, then return.
+            return (out, side.await);
+        }
+    };
+    // The side job's box is freed here, while the main job may wait long.
+    drop(side);
+    (main.await, side_out)
 }
 
 async fn respond(

@@ -35,6 +35,61 @@ use orch_worker::sim::{SimArgs, SimHandler};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+mod failover;
+mod gpu;
+mod memory;
+
+/// One line of the human table.
+pub(crate) struct Row {
+    pub measurement: String,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub rate: Option<f64>,
+    pub note: String,
+}
+
+/// What the scenarios report: table rows, CSV rows and the figures of the JSON line.
+#[derive(Default)]
+pub(crate) struct Report {
+    pub rows: Vec<Row>,
+    pub csv: Vec<String>,
+    pub figures: serde_json::Map<String, serde_json::Value>,
+    pub summary: Vec<String>,
+}
+
+impl Report {
+    pub(crate) fn row(
+        &mut self,
+        measurement: impl Into<String>,
+        p50: Option<f64>,
+        p99: Option<f64>,
+        rate: Option<f64>,
+        note: impl Into<String>,
+    ) {
+        let measurement = measurement.into();
+        let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+        self.csv.push(format!(
+            "\"{measurement}\",{},{},{}",
+            opt(p50),
+            opt(p99),
+            opt(rate)
+        ));
+        self.rows.push(Row {
+            measurement,
+            p50_ms: p50,
+            p99_ms: p99,
+            rate,
+            note: note.into(),
+        });
+    }
+
+    pub(crate) fn figure(&mut self, key: &str, value: f64, target: &str) {
+        let rounded = (value * 1000.0).round() / 1000.0;
+        self.figures.insert(key.to_string(), json!(rounded));
+        self.summary.push(format!("{key} = {rounded} ({target})"));
+    }
+}
+
 /// `orch bench` flags.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -59,6 +114,18 @@ pub struct BenchArgs {
     /// Print one JSON object with the figures as the last line.
     #[arg(long)]
     pub json: bool,
+    /// Scenarios to run: p1 and p2 (overhead, throughput), p3 (GPU dispatch), p4 (failover), p5 (memory).
+    #[arg(long, value_delimiter = ',', default_value = "p1,p2,p3,p4,p5")]
+    pub only: Vec<String>,
+    /// Smaller runs (CI smoke test of the benchmark itself; figures are not meaningful).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+impl BenchArgs {
+    fn wants(&self, s: &str) -> bool {
+        self.only.iter().any(|o| o == s)
+    }
 }
 
 /// A nats-server owned by the benchmark (killed on drop).
@@ -108,13 +175,65 @@ fn start_server() -> anyhow::Result<PrivateServer> {
     }
 }
 
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     // 1 µs .. 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Starts one in-process simulated worker on its own connection; it serves until `stop`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn spawn_worker(
+    url: &str,
+    role: Role,
+    slot: &str,
+    sim: SimArgs,
+    concurrency: usize,
+    max_queue: usize,
+    heartbeat: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = async_nats::connect(url).await?;
+    let mut cfg = ServeConfig::new(slot.parse::<Slot>()?);
+    cfg.concurrency = concurrency;
+    cfg.max_queue = max_queue;
+    cfg.heartbeat_interval = heartbeat;
+    cfg.drain_timeout = Duration::from_secs(1);
+    let handler = Arc::new(SimHandler::new(role, sim));
+    tokio::spawn(async move {
+        if let Err(e) = serve(client, handler, cfg, stop).await {
+            eprintln!("bench worker: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// Waits until `n` workers of `role`/`slot` answer discovery.
+pub(crate) async fn wait_for_workers(
+    client: &async_nats::Client,
+    role: Role,
+    slot: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let found = orch_client::discover(client, Duration::from_millis(150))
+            .await
+            .unwrap_or_default();
+        let have = found
+            .iter()
+            .filter(|s| s.meta("role") == role.as_str() && s.meta("slot") == slot)
+            .count();
+        if have >= n {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("only {have} of {n} {role}/{slot} workers appeared");
+        }
+    }
 }
 
 /// The in-process fleet under test.
@@ -227,8 +346,6 @@ async fn task_sample(orch: &Orchestrator, req: &SubmitRequest) -> anyhow::Result
 }
 
 struct Throughput {
-    concurrency: usize,
-    tasks: usize,
     per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -265,8 +382,6 @@ async fn throughput(rig: &Rig, concurrency: usize, tasks: usize) -> Throughput {
     }
     let elapsed = start.elapsed().as_secs_f64();
     Throughput {
-        concurrency,
-        tasks,
         per_s: all.len() as f64 / elapsed,
         p50_ms: ms(&all, 0.5),
         p99_ms: ms(&all, 0.99),
@@ -274,7 +389,7 @@ async fn throughput(rig: &Rig, concurrency: usize, tasks: usize) -> Throughput {
     }
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -290,19 +405,78 @@ fn machine() -> String {
 }
 
 /// Runs the benchmark.
-pub async fn run(nats: &NatsArgs, a: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(nats: &NatsArgs, mut a: BenchArgs) -> anyhow::Result<ExitCode> {
+    if a.quick {
+        a.samples = a.samples.min(200);
+        a.tasks = a.tasks.min(1000);
+    }
     let server = if a.external_nats {
         None
     } else {
         Some(start_server()?)
     };
     let url = server.as_ref().map_or(nats.url.clone(), |s| s.url.clone());
+    let mut report = Report::default();
+    if a.wants("p1") || a.wants("p2") {
+        p1_p2(&url, &a, &mut report).await?;
+    }
+    if a.wants("p3") {
+        gpu::run(&url, a.quick, &mut report).await?;
+    }
+    if a.wants("p4") {
+        failover::run(&url, a.quick, &mut report).await?;
+    }
+    if a.wants("p5") {
+        memory::run(&url, a.quick, &mut report).await?;
+    }
+
+    println!("machine: {}", machine());
+    println!(
+        "{:<58} {:>10} {:>10} {:>12}",
+        "measurement", "p50 ms", "p99 ms", "per s"
+    );
+    let cell = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    for r in &report.rows {
+        println!(
+            "{:<58} {:>10} {:>10} {:>12}{}",
+            r.measurement,
+            cell(r.p50_ms, 3),
+            cell(r.p99_ms, 3),
+            cell(r.rate, 0),
+            if r.note.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", r.note)
+            }
+        );
+    }
+    for line in &report.summary {
+        println!("{line}");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let path = a.out.join("bench.csv");
+    let mut csv = String::from("measurement,p50_ms,p99_ms,per_s\n");
+    for line in &report.csv {
+        csv.push_str(line);
+        csv.push('\n');
+    }
+    std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("orch bench: wrote {}", path.display());
+    if a.json {
+        report.figures.insert("machine".into(), json!(machine()));
+        println!("{}", serde_json::Value::Object(report.figures));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// P1 (overhead against the NATS floor) and P2 (throughput).
+async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<()> {
     let events = !a.no_events;
     eprintln!(
-        "orch bench: simulated zero-latency workers, NATS at {url}, events {}",
+        "orch bench: p1/p2 with simulated zero-latency workers, events {}",
         if events { "on" } else { "off" }
     );
-    let rig = start_rig(&url, events).await?;
+    let rig = start_rig(url, events).await?;
 
     // Floor vs task latency at concurrency 1, interleaved in blocks.
     let payload = Bytes::from(vec![b'x'; 256]);
@@ -326,104 +500,55 @@ pub async fn run(nats: &NatsArgs, a: BenchArgs) -> anyhow::Result<ExitCode> {
         done += n;
     }
     let ratio = ms(&task, 0.5) / ms(&floor, 0.5);
+    report.row(
+        "floor: 4 sequential NATS request/replies",
+        Some(ms(&floor, 0.5)),
+        Some(ms(&floor, 0.99)),
+        None,
+        "",
+    );
+    report.row(
+        "p1: 4-phase task, concurrency 1",
+        Some(ms(&task, 0.5)),
+        Some(ms(&task, 0.99)),
+        None,
+        "",
+    );
 
-    let mut runs = Vec::new();
+    let mut best: f64 = 0.0;
+    let mut best_c = 0;
     for &c in &a.concurrency {
         let tasks = if c == 1 { a.samples.max(100) } else { a.tasks };
-        runs.push(throughput(&rig, c, tasks).await);
-    }
-    let best = runs
-        .iter()
-        .filter(|r| r.concurrency > 1)
-        .max_by(|x, y| x.per_s.total_cmp(&y.per_s))
-        .or_else(|| runs.first());
-    let in_flight_at_end = rig.coordinator.stats().in_flight;
-    rig.stop.cancel();
-
-    println!("machine: {}", machine());
-    println!(
-        "{:<44} {:>10} {:>10} {:>12}",
-        "measurement", "p50 ms", "p99 ms", "tasks/s"
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3} {:>12}",
-        "floor: 4 sequential NATS request/replies",
-        ms(&floor, 0.5),
-        ms(&floor, 0.99),
-        "-"
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3} {:>12}",
-        "4-phase task, concurrency 1",
-        ms(&task, 0.5),
-        ms(&task, 0.99),
-        "-"
-    );
-    for r in &runs {
-        println!(
-            "{:<44} {:>10.3} {:>10.3} {:>12.0}{}",
-            format!(
-                "4-phase tasks, concurrency {} ({} tasks)",
-                r.concurrency, r.tasks
-            ),
-            r.p50_ms,
-            r.p99_ms,
-            r.per_s,
+        let r = throughput(&rig, c, tasks).await;
+        if c > 1 && r.per_s > best {
+            best = r.per_s;
+            best_c = c;
+        }
+        report.row(
+            format!("p2: 4-phase tasks, concurrency {c} ({tasks} tasks)"),
+            Some(r.p50_ms),
+            Some(r.p99_ms),
+            Some(r.per_s),
             if r.errors > 0 {
-                format!("  ({} errors)", r.errors)
+                format!("({} errors)", r.errors)
             } else {
                 String::new()
-            }
+            },
         );
     }
-    let p2 = best.map_or(0.0, |b| b.per_s);
-    println!(
-        "p1_overhead_ratio = {ratio:.3} (target <= 1.5)   p2_tasks_per_s = {p2:.0} (target >= 10000)"
-    );
-
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut csv = String::from("measurement,concurrency,samples,p50_ms,p99_ms,tasks_per_s\n");
-    csv.push_str(&format!(
-        "floor,1,{},{:.4},{:.4},\n",
-        floor.len(),
-        ms(&floor, 0.5),
-        ms(&floor, 0.99)
-    ));
-    csv.push_str(&format!(
-        "task,1,{},{:.4},{:.4},\n",
-        task.len(),
-        ms(&task, 0.5),
-        ms(&task, 0.99)
-    ));
-    for r in &runs {
-        csv.push_str(&format!(
-            "throughput,{},{},{:.4},{:.4},{:.1}\n",
-            r.concurrency, r.tasks, r.p50_ms, r.p99_ms, r.per_s
-        ));
-    }
-    let path = a.out.join("p1_p2.csv");
-    std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("orch bench: wrote {}", path.display());
-
-    if a.json {
-        let per_c: serde_json::Map<String, serde_json::Value> = runs
-            .iter()
-            .map(|r| (r.concurrency.to_string(), json!(r.per_s.round())))
-            .collect();
-        let out = json!({
-            "p1_overhead_ratio": (ratio * 1000.0).round() / 1000.0,
-            "p2_tasks_per_s": p2.round(),
-            "p2_best_concurrency": best.map_or(0, |b| b.concurrency),
-            "floor_p50_ms": ms(&floor, 0.5),
-            "floor_p99_ms": ms(&floor, 0.99),
-            "task_p50_ms": ms(&task, 0.5),
-            "task_p99_ms": ms(&task, 0.99),
-            "tasks_per_s_by_concurrency": per_c,
-            "events": events,
-            "in_flight_at_end": in_flight_at_end,
-            "machine": machine(),
-        });
-        println!("{out}");
-    }
-    Ok(ExitCode::SUCCESS)
+    rig.stop.cancel();
+    rig.coordinator.shutdown();
+    report.figure("p1_overhead_ratio", ratio, "target <= 1.5");
+    report.figure("p2_tasks_per_s", best, "target >= 10000");
+    report
+        .figures
+        .insert("p2_best_concurrency".into(), json!(best_c));
+    report
+        .figures
+        .insert("floor_p50_ms".into(), json!(ms(&floor, 0.5)));
+    report
+        .figures
+        .insert("task_p50_ms".into(), json!(ms(&task, 0.5)));
+    report.figures.insert("events".into(), json!(events));
+    Ok(())
 }
