@@ -23,7 +23,9 @@ enum Provider {
     Openai,
     /// Ollama's native API (--ollama-model).
     Ollama,
-    // The local GGUF backend goes here (and becomes the default).
+    /// The embedded GGUF model run with llama.cpp (default: SmolLM2-135M-Instruct,
+    /// fetched by deploy/fetch-model.sh). Needs no keys and no network.
+    Local,
     /// The documented simulator (tests, benchmarks); never for real use.
     Sim,
 }
@@ -34,29 +36,43 @@ struct Cli {
     #[command(flatten)]
     worker: WorkerArgs,
     /// Backend to use.
-    #[arg(long, env = "ORCH_PROVIDER", value_enum)]
+    #[arg(long, env = "ORCH_PROVIDER", value_enum, default_value = "local")]
     provider: Provider,
     #[command(flatten)]
     models: ModelArgs,
     #[command(flatten)]
+    local: orch_llama::LocalArgs,
+    #[command(flatten)]
     sim: SimArgs,
 }
 
+fn main() -> ExitCode {
+    // The local model runs in a child process: this same binary, re-executed.
+    // In the child this call serves the model and never returns.
+    orch_llama::maybe_run_child();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let cli: Cli = parse_args();
     let telemetry = telemetry::init(NAME, &cli.worker.log);
     let mut problems = Problems::default();
     let handler: Option<Arc<dyn Handler>> = match cli.provider {
         Provider::Openai => cli.models.openai(ROLE, &mut problems),
         Provider::Ollama => cli.models.ollama(ROLE, &mut problems),
-        // Provider::Local => ... (the local GGUF backend)
+        Provider::Local => cli
+            .local
+            .build(&mut problems)
+            .and_then(|model| cli.models.handler(ROLE, model, &mut problems)),
         Provider::Sim => {
             cli.sim.check(&mut problems);
             Some(Arc::new(SimHandler::new(ROLE, cli.sim.clone())))
         }
     };
-    let serve_cfg = match cli.worker.serve_config("chatgpt", 8, problems) {
+    // The local model is its own slot; hosted backends default to the role's primary.
+    let default_slot = if cli.provider == Provider::Local { "local" } else { "chatgpt" };
+    let serve_cfg = match cli.worker.serve_config(default_slot, 8, problems) {
         Ok(c) => c,
         Err(e) => exit_config(NAME, &e),
     };

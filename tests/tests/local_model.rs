@@ -1,0 +1,400 @@
+//! The `local` provider with the real model (SmolLM2-135M-Instruct Q4_1, as
+//! `deploy/fetch-model.sh` installs it): structured output that validates,
+//! deadlines and cancels that answer at once without losing the model, and a
+//! model process killed mid-job.
+//!
+//! The model is found through `ORCH_LOCAL_MODEL`, else the fetch script's
+//! default path. The model runs in `orch-llama-child` (the cargo test harness
+//! owns this binary's `main`, so it cannot re-execute itself as workers do);
+//! `cargo test --workspace` builds it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use orch_llama::{LocalConfig, LocalModel};
+use orch_providers::chat::{ChatModel, ChatRequest, OutputSchema, ProviderError};
+use orch_tests::process::{binary, signal};
+use orch_tests::wait::{eventually, within};
+use orch_worker::JobContext;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Longest a job in these tests may take: generous for two slow cores shared
+/// with other tests, and never reached by a working provider.
+const JOB_LIMIT: Duration = Duration::from_secs(120);
+/// How late a timeout or cancel may be reported and still count as prompt.
+const PROMPT: Duration = Duration::from_secs(2);
+
+fn model_path() -> PathBuf {
+    let path = std::env::var_os("ORCH_LOCAL_MODEL")
+        .map(PathBuf::from)
+        .or_else(|| orch_llama::args::default_model_path(&|key| std::env::var_os(key)))
+        .unwrap_or_else(|| {
+            panic!("no ORCH_LOCAL_MODEL, ORCH_MODEL_DIR or HOME to locate the local model")
+        });
+    assert!(
+        path.is_file(),
+        "local model {} is missing: run deploy/fetch-model.sh (CI does) or set ORCH_LOCAL_MODEL to a GGUF file",
+        path.display()
+    );
+    path
+}
+
+/// A provider on the real model, greedy so answers are reproducible.
+fn local_model() -> LocalModel {
+    orch_tests::init_logs();
+    let mut config = LocalConfig::new(model_path());
+    config.temperature = 0.0;
+    LocalModel::new(config)
+        .unwrap_or_else(|e| panic!("LocalModel::new: {e}"))
+        .with_child_command(binary("orch-llama-child"))
+}
+
+fn ctx(budget: Duration) -> JobContext {
+    JobContext {
+        deadline: Instant::now() + budget,
+        cancel: CancellationToken::new(),
+    }
+}
+
+fn plain(user: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        system: "You are a helpful assistant.".into(),
+        user: user.into(),
+        images: vec![],
+        schema: None,
+        max_tokens: Some(max_tokens),
+        temperature: None,
+    }
+}
+
+/// A long answer: hundreds of tokens, several seconds on two cores.
+fn long_request() -> ChatRequest {
+    plain(
+        "Write a long, detailed story about a lighthouse keeper, with many chapters.",
+        384,
+    )
+}
+
+fn plan_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "steps": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "tool": {"type": "string", "enum": ["web_search", "open_page", "summarize"]},
+                        "args": {
+                            "type": "object",
+                            "properties": {"query": {"type": "string"}},
+                            "required": ["query"],
+                            "additionalProperties": false
+                        },
+                        "why": {"type": "string"}
+                    },
+                    "required": ["tool", "args", "why"],
+                    "additionalProperties": false
+                }
+            },
+            "answer": {"type": "string"},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1}
+        },
+        "required": ["steps", "answer", "confidence"],
+        "additionalProperties": false
+    })
+}
+
+/// Validates `value` against the subset of JSON Schema used here (type,
+/// properties, required, additionalProperties: false, items, enum,
+/// minimum/maximum), collecting every violation.
+fn violations(schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(value) {
+            out.push(format!("{at}: {value} not in {allowed:?}"));
+        }
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let Some(obj) = value.as_object() else {
+                return out.push(format!("{at}: expected an object, got {value}"));
+            };
+            let props = schema.get("properties").and_then(Value::as_object);
+            for key in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let key = key.as_str().unwrap_or_default();
+                if !obj.contains_key(key) {
+                    out.push(format!("{at}: missing required `{key}`"));
+                }
+            }
+            for (key, v) in obj {
+                match props.and_then(|p| p.get(key)) {
+                    Some(sub) => violations(sub, v, &format!("{at}.{key}"), out),
+                    None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                        out.push(format!("{at}: unexpected property `{key}`"));
+                    }
+                    None => {}
+                }
+            }
+        }
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                return out.push(format!("{at}: expected an array, got {value}"));
+            };
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    violations(item_schema, item, &format!("{at}[{i}]"), out);
+                }
+            }
+        }
+        Some("string") if !value.is_string() => {
+            out.push(format!("{at}: expected a string, got {value}"))
+        }
+        Some("number") => match value.as_f64() {
+            None => out.push(format!("{at}: expected a number, got {value}")),
+            Some(n) => {
+                let min = schema
+                    .get("minimum")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(f64::MIN);
+                let max = schema
+                    .get("maximum")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(f64::MAX);
+                if !(min..=max).contains(&n) {
+                    out.push(format!("{at}: {n} outside {min}..={max}"));
+                }
+            }
+        },
+        _ => {}
+    }
+}
+
+#[test]
+fn the_test_validator_catches_what_it_should() {
+    let mut v = Vec::new();
+    let bad = json!({"steps": [{"tool": "rm", "args": {}, "why": 1, "x": 0}], "confidence": 3});
+    violations(&plan_schema(), &bad, "$", &mut v);
+    let all = v.join("\n");
+    for needle in [
+        "missing required `answer`",
+        "\"rm\" not in",
+        "missing required `query`",
+        "expected a string",
+        "unexpected property `x`",
+        "outside 0..=1",
+    ] {
+        assert!(all.contains(needle), "{needle:?} not in:\n{all}");
+    }
+}
+
+#[tokio::test]
+async fn a_plan_request_returns_json_that_validates_against_the_schema() {
+    let model = local_model();
+    let schema = plan_schema();
+    let request = ChatRequest {
+        system: "You plan how to answer a question with tools. Tools: web_search (args: query), \
+                 open_page (args: query = the URL), summarize (args: query = what to summarize)."
+            .into(),
+        user: "What is the weather in Paris today?".into(),
+        images: vec![],
+        schema: Some(OutputSchema {
+            name: "plan".into(),
+            schema: schema.clone(),
+        }),
+        max_tokens: None,
+        temperature: None,
+    };
+    let reply = within(
+        JOB_LIMIT,
+        "plan from the local model",
+        model.chat(&request, &ctx(JOB_LIMIT)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("local model failed: {e:?}"));
+    let plan: Value = serde_json::from_str(&reply.text)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", reply.text));
+    let mut problems = Vec::new();
+    violations(&schema, &plan, "$", &mut problems);
+    assert!(
+        problems.is_empty(),
+        "plan does not follow the schema: {problems:#?}\n{}",
+        reply.text
+    );
+    assert_eq!(reply.model, "SmolLM2-135M-Instruct-Q4_1");
+    let usage = reply.usage.unwrap_or_else(|| panic!("no usage reported"));
+    assert!(
+        usage.input_tokens > 50,
+        "the prompt carries the schema: {usage:?}"
+    );
+    assert!(usage.output_tokens > 0, "{usage:?}");
+}
+
+#[tokio::test]
+async fn a_deadline_shorter_than_generation_times_out_promptly_and_the_model_stays_usable() {
+    let model = local_model();
+    within(JOB_LIMIT, "model load", model.warm_up(JOB_LIMIT))
+        .await
+        .unwrap_or_else(|e| panic!("warm up: {e:?}"));
+    let pid = model.child_pid();
+
+    let budget = Duration::from_millis(300);
+    let started = Instant::now();
+    let result = within(
+        JOB_LIMIT,
+        "a job past its deadline",
+        model.chat(&long_request(), &ctx(budget)),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(result, Err(ProviderError::TimedOut(_))),
+        "{result:?}"
+    );
+    assert!(
+        took < budget + PROMPT,
+        "TimedOut came {took:?} after a {budget:?} budget"
+    );
+
+    let reply = within(
+        JOB_LIMIT,
+        "the next job",
+        model.chat(&plain("Say hello.", 16), &ctx(JOB_LIMIT)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("next job after a timeout: {e:?}"));
+    assert!(!reply.text.is_empty());
+    assert_eq!(
+        model.child_pid(),
+        pid,
+        "the timed-out job was stopped, not the model process"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_job_ends_promptly_and_the_model_stays_usable() {
+    let model = local_model();
+    within(JOB_LIMIT, "model load", model.warm_up(JOB_LIMIT))
+        .await
+        .unwrap_or_else(|e| panic!("warm up: {e:?}"));
+    let job = ctx(JOB_LIMIT);
+    let cancel = job.cancel.clone();
+    let request = long_request();
+    let started = Instant::now();
+    let (result, ()) = within(JOB_LIMIT, "a cancelled job", async {
+        tokio::join!(model.chat(&request, &job), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        })
+    })
+    .await;
+    assert_eq!(result, Err(ProviderError::Cancelled));
+    assert!(
+        started.elapsed() < Duration::from_millis(300) + PROMPT,
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let reply = within(
+        JOB_LIMIT,
+        "the next job",
+        model.chat(&plain("Say hello.", 16), &ctx(JOB_LIMIT)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("next job after a cancel: {e:?}"));
+    assert!(!reply.text.is_empty());
+}
+
+#[tokio::test]
+async fn a_model_process_killed_mid_job_is_an_upstream_error_and_is_replaced() {
+    let model = local_model();
+    within(JOB_LIMIT, "model load", model.warm_up(JOB_LIMIT))
+        .await
+        .unwrap_or_else(|e| panic!("warm up: {e:?}"));
+    let pid = model
+        .child_pid()
+        .unwrap_or_else(|| panic!("no child after warm up"));
+
+    let request = long_request();
+    let job = ctx(JOB_LIMIT);
+    let (result, ()) = within(JOB_LIMIT, "a job whose model process is killed", async {
+        tokio::join!(model.chat(&request, &job), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            signal(pid, Signal::SIGKILL);
+        })
+    })
+    .await;
+    match &result {
+        Err(ProviderError::Upstream { message, .. }) => {
+            assert!(message.contains("local model process crashed"), "{message}");
+            assert!(
+                message.contains("SIGKILL"),
+                "the report says how it died: {message}"
+            );
+        }
+        other => panic!("expected an Upstream error, got {other:?}"),
+    }
+    assert_eq!(model.child_pid(), None, "the dead process is forgotten");
+
+    let reply = within(
+        JOB_LIMIT,
+        "the next job",
+        model.chat(&plain("Say hello.", 16), &ctx(JOB_LIMIT)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("next job after a crash: {e:?}"));
+    assert!(!reply.text.is_empty());
+    let new_pid = eventually(Duration::from_secs(5), "a new model process", || async {
+        model.child_pid()
+    })
+    .await;
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test]
+async fn concurrent_jobs_take_turns_on_one_model_process() {
+    let model = local_model();
+    let (colour, fruit) = (plain("Name a colour.", 12), plain("Name a fruit.", 12));
+    let (ctx_a, ctx_b) = (ctx(JOB_LIMIT), ctx(JOB_LIMIT));
+    let (a, b) = within(JOB_LIMIT, "two jobs at once", async {
+        tokio::join!(model.chat(&colour, &ctx_a), model.chat(&fruit, &ctx_b))
+    })
+    .await;
+    for reply in [a, b] {
+        let reply = reply.unwrap_or_else(|e| panic!("job failed: {e:?}"));
+        assert!(!reply.text.is_empty());
+        assert!(
+            reply.usage.is_some_and(|u| u.output_tokens <= 12),
+            "{:?}",
+            reply.usage
+        );
+    }
+}
+
+#[tokio::test]
+async fn images_are_refused_because_the_model_cannot_see() {
+    let model = local_model();
+    let mut request = plain("What is in this picture?", 16);
+    request.images.push(orch_providers::chat::ImageInput {
+        mime: "image/png",
+        data: bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n"),
+    });
+    let result = model.chat(&request, &ctx(JOB_LIMIT)).await;
+    assert_eq!(
+        result,
+        Err(ProviderError::BadRequest(
+            "local model has no vision".into()
+        ))
+    );
+    assert_eq!(
+        model.child_pid(),
+        None,
+        "refused before starting a model process"
+    );
+}
