@@ -12,6 +12,8 @@ for f in $(find . ../shared/schemas -name '*.json'); do
 done
 if [ -x ./check_manifests.py ]; then
   ./check_manifests.py || fail=1
+  # Proves the checker still catches broken manifests (each of a set of mutations).
+  ./check_manifests.py --self-test || fail=1
 fi
 [ "$fail" -eq 0 ] && echo "check-manifests: ok"
 exit "$fail"
