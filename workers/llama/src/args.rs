@@ -38,7 +38,11 @@ pub struct LocalArgs {
     #[arg(id = "local_model", long = "local-model", env = ENV_LOCAL_MODEL, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// CPU threads for the model. Default: the available cores, at most 8.
-    #[arg(id = "local_threads", long = "local-threads", env = "ORCH_LOCAL_THREADS")]
+    #[arg(
+        id = "local_threads",
+        long = "local-threads",
+        env = "ORCH_LOCAL_THREADS"
+    )]
     pub threads: Option<u32>,
     /// Context window in tokens (prompt plus answer).
     #[arg(id = "local_ctx_size", long = "local-ctx-size", env = "ORCH_LOCAL_CTX_SIZE", default_value_t = DEFAULT_CTX_SIZE)]

@@ -71,7 +71,11 @@ async fn run() -> ExitCode {
         }
     };
     // The local model is its own slot; hosted backends default to the role's primary.
-    let default_slot = if cli.provider == Provider::Local { "local" } else { "kimi_k2" };
+    let default_slot = if cli.provider == Provider::Local {
+        "local"
+    } else {
+        "kimi_k2"
+    };
     let serve_cfg = match cli.worker.serve_config(default_slot, 8, problems) {
         Ok(c) => c,
         Err(e) => exit_config(NAME, &e),
