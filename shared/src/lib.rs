@@ -17,7 +17,11 @@ pub mod schema;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
+pub mod trace;
 pub mod wire;
+
+#[cfg(test)]
+mod fuzz;
 
 pub use blob::Blob;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -1,10 +1,40 @@
-//! Logging and tracing setup, in one place for every binary.
+//! Logging, tracing and metrics setup, in one place for every binary.
 //!
-//! Logs go to stderr as text (default) or JSON lines (`--log-format json`).
-//! The filter comes from `--log-level` / `RUST_LOG` (default `info`).
+//! - **Logs** go to stderr as text (default) or JSON lines (`--log-format
+//!   json`, each line carrying the `trace_id`/`span_id` of the span it was
+//!   logged in). The filter comes from `--log-level` / `RUST_LOG`.
+//! - **Traces** are OpenTelemetry spans made from `tracing` spans. Trace and
+//!   span ids always exist (so results, events and log lines carry a trace id
+//!   and a caller's `traceparent` is honoured); spans are *exported* only when
+//!   an OTLP endpoint is configured by the standard variables:
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` default, `http/json`, or
+//!   `grpc` with the `otlp-grpc` feature), `OTEL_EXPORTER_OTLP_HEADERS`,
+//!   `OTEL_SERVICE_NAME` (default: the binary's name), `OTEL_RESOURCE_ATTRIBUTES`,
+//!   `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`.
+//!   `OTEL_SDK_DISABLED=true` turns OpenTelemetry off entirely;
+//!   `OTEL_TRACES_EXPORTER=none` / `OTEL_METRICS_EXPORTER=none` turn off one signal.
+//! - **Metrics** go to the same endpoint (`/v1/metrics`) every
+//!   `OTEL_METRIC_EXPORT_INTERVAL` ms (default 60 000).
+//!
+//! The batch exporters run on their own threads with a blocking HTTP client;
+//! [`Telemetry::shutdown`] flushes them from a blocking task.
 
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Log output format.
@@ -13,11 +43,11 @@ pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
-    /// One JSON object per line.
+    /// One JSON object per line, with `trace_id` and `span_id`.
     Json,
 }
 
-/// Logging flags shared by every binary.
+/// Logging and tracing flags shared by every binary.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log line format.
@@ -26,6 +56,11 @@ pub struct LogArgs {
     /// Log filter, e.g. `info` or `orch_coordinator=debug,async_nats=warn`.
     #[arg(long = "log-level", env = "RUST_LOG", default_value = "info")]
     pub level: String,
+    /// Record prompts and model answers on provider spans
+    /// (`gen_ai.input.messages` / `gen_ai.output.messages`). Off by default:
+    /// they may hold personal data. Secrets are never recorded.
+    #[arg(long = "otel-capture-content", env = "ORCH_OTEL_CAPTURE_CONTENT")]
+    pub capture_content: bool,
 }
 
 impl Default for LogArgs {
@@ -33,14 +68,25 @@ impl Default for LogArgs {
         LogArgs {
             format: LogFormat::Text,
             level: "info".into(),
+            capture_content: false,
         }
     }
+}
+
+/// Whether this process records prompt/response content on spans.
+static CAPTURE_CONTENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `--otel-capture-content` is on in this process.
+pub fn capture_content() -> bool {
+    CAPTURE_CONTENT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Handle that flushes telemetry on shutdown.
 #[must_use = "call shutdown() before exiting so buffered telemetry is flushed"]
 pub struct Telemetry {
     service: String,
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -49,38 +95,399 @@ impl Telemetry {
         &self.service
     }
 
-    /// Flushes and stops telemetry.
+    /// Whether spans are exported somewhere.
+    pub fn exporting(&self) -> bool {
+        self.tracer.is_some() || self.meter.is_some()
+    }
+
+    /// Flushes buffered spans and metrics and stops the exporters (bounded:
+    /// an unreachable collector cannot hold the exit up for more than a few
+    /// seconds). The exporters block, so this runs on a blocking thread.
     pub async fn shutdown(self) {
-        tracing::debug!(service = %self.service, "telemetry shut down");
+        let Telemetry {
+            service,
+            tracer,
+            meter,
+        } = self;
+        if tracer.is_none() && meter.is_none() {
+            return;
+        }
+        let flush = move || {
+            if let Some(t) = tracer
+                && let Err(e) = t.shutdown_with_timeout(Duration::from_secs(5))
+            {
+                eprintln!("{service}: flushing traces failed: {e}");
+            }
+            if let Some(m) = meter
+                && let Err(e) = m.shutdown_with_timeout(Duration::from_secs(5))
+            {
+                eprintln!("{service}: flushing metrics failed: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let _ = rt.spawn_blocking(flush).await;
+            }
+            Err(_) => flush(),
+        }
     }
 }
 
-/// Installs the global subscriber. Safe to call more than once (later calls
-/// keep the first subscriber), so tests can run several components in-process.
+/// What the environment asks of OpenTelemetry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OtelEnv {
+    disabled: bool,
+    export_traces: bool,
+    export_metrics: bool,
+    protocol: String,
+    /// `OTEL_SERVICE_NAME` or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`.
+    service_name_set: bool,
+}
+
+impl OtelEnv {
+    fn from(get: impl Fn(&str) -> Option<String>) -> OtelEnv {
+        let set = |k: &str| get(k).is_some_and(|v| !v.trim().is_empty());
+        let none = |k: &str| get(k).is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
+        let disabled =
+            get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let any_endpoint = set("OTEL_EXPORTER_OTLP_ENDPOINT");
+        OtelEnv {
+            disabled,
+            export_traces: !disabled
+                && !none("OTEL_TRACES_EXPORTER")
+                && (any_endpoint || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+            export_metrics: !disabled
+                && !none("OTEL_METRICS_EXPORTER")
+                && (any_endpoint || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")),
+            protocol: get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                .map(|p| p.trim().to_ascii_lowercase())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "http/protobuf".into()),
+            service_name_set: set("OTEL_SERVICE_NAME")
+                || get("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| {
+                    a.split(',')
+                        .any(|kv| kv.split('=').next().map(str::trim) == Some("service.name"))
+                }),
+        }
+    }
+}
+
+/// Installs the global subscriber, propagator and (when configured) the OTLP
+/// exporters. Safe to call more than once: later calls keep the first setup,
+/// so tests can run several components in one process.
 pub fn init(service: &str, args: &LogArgs) -> Telemetry {
-    let filter = EnvFilter::try_new(&args.level).unwrap_or_else(|e| {
+    CAPTURE_CONTENT.store(args.capture_content, std::sync::atomic::Ordering::Relaxed);
+    let level = crate::config::quiet_nats_events(&args.level);
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|e| {
         eprintln!(
             "{service}: invalid log filter `{}` ({e}); using `info`",
             args.level
         );
         EnvFilter::new("info")
     });
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match args.format {
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+    let env = OtelEnv::from(|k| std::env::var(k).ok());
+    let none = Telemetry {
+        service: service.to_string(),
+        tracer: None,
+        meter: None,
     };
+
+    let fmt = match args.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonLines)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+    .with_filter(filter);
+
+    if env.disabled {
+        let _ = tracing_subscriber::registry().with(fmt).try_init();
+        return none;
+    }
+
+    let resource = {
+        let b = opentelemetry_sdk::Resource::builder();
+        let b = if env.service_name_set {
+            b
+        } else {
+            b.with_service_name(service.to_string())
+        };
+        b.with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build()
+    };
+
+    if env.export_traces || env.export_metrics {
+        // The exporters' HTTP client needs a TLS crypto provider (https
+        // endpoints); an already installed one is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
+    let mut exporting_traces = false;
+    if env.export_traces {
+        match span_exporter(&env.protocol) {
+            Ok(exporter) => {
+                tracer_builder = tracer_builder.with_batch_exporter(exporter);
+                exporting_traces = true;
+            }
+            Err(e) => eprintln!("{service}: OTLP trace export disabled: {e}"),
+        }
+    }
+    let tracer_provider = tracer_builder.build();
+    let tracer = tracer_provider.tracer("orch");
+
+    // Spans of our code and the HTTP/NATS libraries' warnings; never the
+    // exporter's own logs (they would feed back into the exporter).
+    let otel_targets = Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target("opentelemetry", LevelFilter::OFF)
+        .with_target("opentelemetry_sdk", LevelFilter::OFF)
+        .with_target("opentelemetry_otlp", LevelFilter::OFF)
+        .with_target("opentelemetry-otlp", LevelFilter::OFF)
+        .with_target("async_nats", LevelFilter::WARN)
+        .with_target("hyper", LevelFilter::WARN)
+        .with_target("hyper_util", LevelFilter::WARN)
+        .with_target("h2", LevelFilter::WARN)
+        .with_target("reqwest", LevelFilter::WARN)
+        .with_target("rustls", LevelFilter::WARN);
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(otel_targets);
+
+    if tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_err()
+    {
+        // Someone set up telemetry in this process already: keep theirs.
+        let _ = tracer_provider.shutdown();
+        return none;
+    }
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+
+    let mut meter = None;
+    if env.export_metrics {
+        match metric_exporter(&env.protocol) {
+            Ok(exporter) => {
+                let provider = SdkMeterProvider::builder()
+                    .with_resource(resource)
+                    .with_reader(PeriodicReader::builder(exporter).build())
+                    .build();
+                opentelemetry::global::set_meter_provider(provider.clone());
+                meter = Some(provider);
+            }
+            Err(e) => eprintln!("{service}: OTLP metric export disabled: {e}"),
+        }
+    }
+    if exporting_traces || meter.is_some() {
+        tracing::info!(
+            service,
+            protocol = %env.protocol,
+            traces = exporting_traces,
+            metrics = meter.is_some(),
+            "exporting OpenTelemetry data over OTLP"
+        );
+    }
     Telemetry {
         service: service.to_string(),
+        tracer: exporting_traces.then_some(tracer_provider),
+        meter,
+    }
+}
+
+fn span_exporter(protocol: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    let b = opentelemetry_otlp::SpanExporter::builder();
+    match protocol {
+        "http/protobuf" => b.with_http().with_protocol(Protocol::HttpBinary).build(),
+        "http/json" => b.with_http().with_protocol(Protocol::HttpJson).build(),
+        #[cfg(feature = "otlp-grpc")]
+        "grpc" => b.with_tonic().build(),
+        other => return Err(unsupported(other)),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn metric_exporter(protocol: &str) -> Result<opentelemetry_otlp::MetricExporter, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    let b = opentelemetry_otlp::MetricExporter::builder();
+    match protocol {
+        "http/protobuf" => b.with_http().with_protocol(Protocol::HttpBinary).build(),
+        "http/json" => b.with_http().with_protocol(Protocol::HttpJson).build(),
+        #[cfg(feature = "otlp-grpc")]
+        "grpc" => b.with_tonic().build(),
+        other => return Err(unsupported(other)),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn unsupported(protocol: &str) -> String {
+    if protocol == "grpc" {
+        "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs a build with the `otlp-grpc` feature; use http/protobuf".into()
+    } else {
+        format!("unknown OTEL_EXPORTER_OTLP_PROTOCOL `{protocol}` (http/protobuf, http/json, grpc)")
+    }
+}
+
+/// JSON log lines: timestamp, level, target, the event's fields, the current
+/// span (name and fields) and the OpenTelemetry `trace_id` / `span_id` of the
+/// innermost span that has them.
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use serde_json::{Map, Value};
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert("timestamp".into(), crate::wire::now_rfc3339().into());
+        line.insert("level".into(), meta.level().as_str().into());
+        line.insert("target".into(), meta.target().into());
+        let mut fields = JsonVisitor(Map::new());
+        event.record(&mut fields);
+        for (k, v) in fields.0 {
+            line.insert(k, v);
+        }
+        if let Some(scope) = ctx.event_scope() {
+            let mut ids = Vec::new();
+            for span in scope {
+                if ids.is_empty() {
+                    let mut obj = Map::new();
+                    obj.insert("name".into(), span.name().into());
+                    if let Some(f) = span.extensions().get::<FormattedFields<N>>()
+                        && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(f)
+                    {
+                        obj.extend(m);
+                    }
+                    line.insert("span".into(), Value::Object(obj));
+                }
+                ids.push(span.id());
+            }
+            // No span extensions are borrowed any more: the OpenTelemetry layer
+            // may need to lock them to build a span's context.
+            let found = tracing::dispatcher::get_default(|dispatch| {
+                ids.iter().find_map(|id| {
+                    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+                    let sc = cx.span().span_context().clone();
+                    sc.is_valid()
+                        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+                })
+            });
+            if let Some((t, s)) = found {
+                line.insert("trace_id".into(), t.into());
+                line.insert("span_id".into(), s.into());
+            }
+        }
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+struct JsonVisitor(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonVisitor {
+    fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_i64(&mut self, f: &tracing::field::Field, v: i64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_bool(&mut self, f: &tracing::field::Field, v: bool) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_error(&mut self, f: &tracing::field::Field, v: &(dyn std::error::Error + 'static)) {
+        self.0.insert(f.name().into(), v.to_string().into());
+    }
+    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+        self.0.insert(f.name().into(), format!("{v:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> OtelEnv {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        OtelEnv::from(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn nothing_is_exported_without_an_endpoint() {
+        let e = env(&[]);
+        assert!(!e.disabled && !e.export_traces && !e.export_metrics);
+        assert_eq!(e.protocol, "http/protobuf");
+        assert!(!e.service_name_set);
+    }
+
+    #[test]
+    fn endpoints_and_switches_are_read() {
+        let e = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]);
+        assert!(e.export_traces && e.export_metrics);
+        let e = env(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:4318/v1/traces",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/JSON"),
+        ]);
+        assert!(e.export_traces && !e.export_metrics);
+        assert_eq!(e.protocol, "http/json");
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ]);
+        assert!(e.export_traces && !e.export_metrics);
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]);
+        assert!(e.disabled && !e.export_traces && !e.export_metrics);
+    }
+
+    #[test]
+    fn a_configured_service_name_wins() {
+        assert!(env(&[("OTEL_SERVICE_NAME", "mine")]).service_name_set);
+        assert!(env(&[("OTEL_RESOURCE_ATTRIBUTES", "team=a, service.name=x")]).service_name_set);
+        assert!(!env(&[("OTEL_RESOURCE_ATTRIBUTES", "service.namespace=x")]).service_name_set);
+    }
+
+    #[test]
+    fn unknown_protocols_are_explained() {
+        assert!(
+            span_exporter("carrier-pigeon")
+                .unwrap_err()
+                .contains("http/protobuf")
+        );
     }
 }

@@ -6,13 +6,17 @@
 //!   and printed when a test fails), SIGTERM/SIGKILL.
 //! - [`fleet`]: coordinator and simulated workers in-process, for fast tests.
 //! - [`fake`]: protocol-faithful fake model, search and web servers.
+//! - [`tally`]: counting results and final events, to prove "all done, none twice".
+//! - [`otlp`]: an OTLP/HTTP receiver decoding what processes export.
 //! - [`wait`]: every await with a deadline; `eventually` for settling states.
 #![forbid(unsafe_code)]
 
 pub mod fake;
 pub mod fleet;
 pub mod nats;
+pub mod otlp;
 pub mod process;
+pub mod tally;
 pub mod wait;
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it; default `warn`).

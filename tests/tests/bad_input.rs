@@ -62,10 +62,12 @@ async fn still_serving(fleet: &Fleet) {
 #[tokio::test]
 async fn malformed_submits_get_structured_errors_and_the_coordinator_keeps_serving() {
     let nats = NatsServer::start();
-    let mut config = CoordinatorConfig::default();
-    config.limits = Limits {
-        max_screenshot_bytes: 1024,
-        ..Limits::default()
+    let config = CoordinatorConfig {
+        limits: Limits {
+            max_screenshot_bytes: 1024,
+            ..Limits::default()
+        },
+        ..CoordinatorConfig::default()
     };
     let fleet = Fleet::start(
         &nats.url(),

@@ -148,6 +148,7 @@ impl Orchestrator {
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         let mut headers = self.encoding.headers();
         headers.insert("Nats-Msg-Id", id.as_str());
+        orch_shared::trace::inject(&mut headers);
         let ack = self
             .jetstream()
             .publish_with_headers(subjects::task(&id), headers, payload)
@@ -190,10 +191,14 @@ impl Orchestrator {
         loop {
             match self.result(task_id).await {
                 Ok(r) => return Ok(r),
-                // Not there yet, or no coordinator answering right now (restarting, busy):
-                // keep waiting until the deadline.
+                // Not there yet, no coordinator answering right now (restarting, busy),
+                // or the results store briefly unreachable (a cluster electing a
+                // new leader): keep waiting until the deadline.
                 Err(ClientError::Rejected(e))
-                    if matches!(e.error.code, ErrorCode::Pending | ErrorCode::NotFound) => {}
+                    if matches!(
+                        e.error.code,
+                        ErrorCode::Pending | ErrorCode::NotFound | ErrorCode::Unavailable
+                    ) => {}
                 Err(
                     ClientError::NoCoordinator(_) | ClientError::TimedOut(_) | ClientError::Nats(_),
                 ) => {}

@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod durable;
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_nats::{Client, RequestErrorKind};
 use futures::{Stream, StreamExt as _};
@@ -81,14 +82,21 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    /// Connects to NATS at `url`.
+    /// Connects to NATS at `url` (comma-separated for a cluster: the client
+    /// fails over between them).
     ///
     /// # Errors
     /// [`ClientError::Connect`].
     pub async fn connect(url: &str) -> Result<Orchestrator, ClientError> {
+        // A cluster's comma-separated list goes to async-nats as a list.
+        let urls: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
         let client = async_nats::ConnectOptions::new()
             .name("orch-client")
-            .connect(url)
+            .connect(urls.as_slice())
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         Ok(Orchestrator::from_client(client))
@@ -197,13 +205,28 @@ impl Orchestrator {
             .encoding
             .encode(body)
             .map_err(|e| ClientError::Decode(e.to_string()))?;
+        // A client span (exported when the application sets up OpenTelemetry,
+        // e.g. with `orch_shared::telemetry::init`); its context travels in
+        // the request's `traceparent`, so the coordinator's work joins the
+        // caller's trace.
+        let span = tracing::info_span!(
+            "orch.request",
+            otel.name = %format_args!("send {subject}"),
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.destination.name = subject,
+            messaging.operation.type = "send",
+        );
+        let mut headers = self.encoding.headers();
+        orch_shared::trace::inject_span(&span, &mut headers);
         let req = async_nats::Request::new()
             .payload(payload)
-            .headers(self.encoding.headers())
+            .headers(headers)
             .timeout(Some(timeout));
         let msg = self
             .client
             .send_request(subject, req)
+            .instrument(span)
             .await
             .map_err(|e| match e.kind() {
                 RequestErrorKind::NoResponders => ClientError::NoCoordinator(subject),

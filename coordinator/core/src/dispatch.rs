@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 /// (A few hundred bytes, where a channel would preallocate kilobytes per
 /// attempt: with 10,000 tasks in flight that difference is the heap.)
 #[derive(Default)]
-struct Inbox {
+pub(crate) struct Inbox {
     state: Mutex<InboxState>,
     wake: Notify,
 }
@@ -41,7 +41,7 @@ struct InboxState {
 }
 
 impl Inbox {
-    fn deliver(&self, msg: Message) {
+    pub(crate) fn deliver(&self, msg: Message) {
         let heartbeat = msg
             .headers
             .as_ref()
@@ -58,7 +58,7 @@ impl Inbox {
     }
 
     /// The final reply if one came, and the time of the latest heartbeat.
-    fn take(&self) -> (Option<Message>, Option<Instant>) {
+    pub(crate) fn take(&self) -> (Option<Message>, Option<Instant>) {
         match self.state.lock() {
             Ok(mut st) => (st.reply.take(), st.last_heartbeat),
             Err(_) => (None, None),
@@ -209,7 +209,7 @@ impl Dispatcher {
         stop: CancellationToken,
     ) -> Result<Dispatcher, async_nats::SubscribeError> {
         let prefix = client.new_inbox();
-        let mut sub = client.subscribe(format!("{prefix}.*")).await?;
+        let mut sub = client.subscribe(subjects::attempt_replies(&prefix)).await?;
         let instance = prefix
             .rsplit('.')
             .next()
@@ -231,12 +231,7 @@ impl Dispatcher {
                     () = stop.cancelled() => break,
                     m = sub.next() => match m { Some(m) => m, None => break },
                 };
-                let Some(id) = msg
-                    .subject
-                    .rsplit('.')
-                    .next()
-                    .and_then(|t| t.parse::<u64>().ok())
-                else {
+                let Some(id) = subjects::parse_attempt_reply(&msg.subject) else {
                     continue;
                 };
                 let inbox = router.pending.lock().ok().and_then(|p| p.get(&id).cloned());
@@ -291,7 +286,11 @@ impl Dispatcher {
         );
         h.insert(headers::ORCH_REQUEST_ID, request_id.as_str());
         h.insert(headers::ORCH_TASK_ID, task_id.as_str());
-        let reply = format!("{}.{id}", inner.prefix);
+        // The worker's span becomes a child of this attempt's span.
+        orch_shared::trace::inject(&mut h);
+        // The role travels in the reply subject so NATS permissions can let a
+        // worker answer its own role's attempts only (deploy/nats/permissions.conf).
+        let reply = subjects::attempt_reply(&inner.prefix, role, id);
         // Boxed: the send path is large and only lives until the request is out,
         // while the attempt itself may wait a long time for its reply.
         Box::pin(self.send(role, slot, reply, h, payload, &limits, deadline, budget)).await?;
@@ -432,7 +431,7 @@ impl Dispatcher {
     }
 }
 
-fn decode_reply(msg: &Message) -> Result<WorkReply, AttemptError> {
+pub(crate) fn decode_reply(msg: &Message) -> Result<WorkReply, AttemptError> {
     if let Some(err) = error_from_reply(msg.headers.as_ref(), &msg.payload) {
         return Err(AttemptError::Rejected {
             code: err.error.code,

@@ -61,12 +61,13 @@ impl EventSink {
             task_id: task_id.to_string(),
             kind,
             ts: now_rfc3339(),
-            trace_id: None,
+            trace_id: orch_shared::trace::current_trace_id(),
             details,
         };
         let payload = Encoding::Json.encode(&event).ok()?;
         let mut headers = Encoding::Json.headers();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
+        orch_shared::trace::inject(&mut headers);
         match js
             .publish_with_headers(subjects::event(task_id, kind), headers, payload)
             .await
@@ -104,7 +105,7 @@ impl EventSink {
             task_id: task_id.to_string(),
             kind,
             ts: now_rfc3339(),
-            trace_id: None,
+            trace_id: orch_shared::trace::current_trace_id(),
             details,
         };
         let payload = match Encoding::Json.encode(&event) {
@@ -115,6 +116,7 @@ impl EventSink {
             }
         };
         let mut headers = Encoding::Json.headers();
+        orch_shared::trace::inject(&mut headers);
         if let Some(id) = msg_id {
             headers.insert("Nats-Msg-Id", id);
         }

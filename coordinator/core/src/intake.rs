@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
@@ -217,7 +218,9 @@ async fn accept(
     };
     let coord = coord.clone();
     let ack_wait = durable.config.ack_wait;
-    tasks.spawn(async move {
+    let span = crate::telemetry::task_span(&msg.subject, true, msg.headers.as_ref());
+    tasks.spawn(
+        async move {
         let _permit = permit;
         let (msg, acker) = msg.split();
         // Progress acks keep a long task from being redelivered while it runs.
@@ -249,7 +252,9 @@ async fn accept(
                 let _ = acker.ack_with(AckKind::Nak(Some(delay))).await;
             }
         }
-    });
+    }
+        .instrument(span),
+    );
 }
 
 /// Dead-letters an unusable task and terminates its delivery (or naks it when

@@ -26,6 +26,10 @@ pub mod results;
 pub mod service;
 pub mod stats;
 pub mod synthesis;
+pub mod telemetry;
+
+#[cfg(test)]
+mod fuzz;
 
 pub use config::{CoordinatorArgs, CoordinatorConfig};
 pub use service::{Coordinator, serve};

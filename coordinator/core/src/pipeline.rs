@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use orch_shared::role::RoleSet;
 use orch_shared::wire::{
@@ -211,7 +212,9 @@ impl Pipeline {
                     None
                 }
             };
-            let (v, w) = tokio::join!(vision, web);
+            let (v, w) = async { tokio::join!(vision, web) }
+                .instrument(crate::telemetry::phase_span(Phase::Parallel.as_str()))
+                .await;
             for (role, run) in [(Role::Vision, v), (Role::Web, w)] {
                 if let Some(run) = run {
                     runs.insert(role, run);
@@ -231,7 +234,9 @@ impl Pipeline {
             let mut req = self.work_request(&spec, Role::Reasoner);
             req.vision = vision.clone();
             req.web = web.clone();
-            let run = Box::pin(self.run_chain(&spec, started, Role::Reasoner, req, deadline)).await;
+            let run = Box::pin(self.run_chain(&spec, started, Role::Reasoner, req, deadline))
+                .instrument(crate::telemetry::phase_span(Phase::Reasoning.as_str()))
+                .await;
             runs.insert(Role::Reasoner, run);
             plan = parsed(&runs, Role::Reasoner);
             Box::pin(self.phase_completed(
@@ -256,7 +261,9 @@ impl Pipeline {
             req.vision = vision.clone();
             req.web = web.clone();
             req.answer = Some(answer.clone());
-            let run = Box::pin(self.run_chain(&spec, started, Role::Verifier, req, deadline)).await;
+            let run = Box::pin(self.run_chain(&spec, started, Role::Verifier, req, deadline))
+                .instrument(crate::telemetry::phase_span(Phase::Verification.as_str()))
+                .await;
             runs.insert(Role::Verifier, run);
             verdict = parsed(&runs, Role::Verifier);
             Box::pin(self.phase_completed(
@@ -278,6 +285,8 @@ impl Pipeline {
             available_tools: &spec.available_tools,
         });
         for c in &outcome.conflicts {
+            // A span event on the task span.
+            tracing::info!(task_id = %id, conflict = %c, "conflict");
             Box::pin(
                 self.events
                     .emit(id, EventKind::Conflict, json!({ "conflict": c })),
@@ -642,22 +651,46 @@ impl Pipeline {
         ))
         .await;
         let attempt_start = Instant::now();
+        let queued = self.config.pull_dispatch.contains(role);
+        let span = crate::telemetry::attempt_span(
+            role,
+            slot,
+            queued,
+            run.attempts.len() + 1,
+            budget,
+            is_hedge,
+        );
         let outcome = match payload {
             Ok(payload) => {
                 let limits = AttemptLimits {
                     budget,
-                    queued: self.config.pull_dispatch.contains(role),
+                    queued,
                     heartbeat_timeout: self.config.heartbeat_timeout,
                 };
-                tokio::select! {
-                    r = self.dispatcher.attempt(&spec.task_id, role, slot, payload, limits, call_off) => r,
-                    () = self.hard_stop.cancelled() => Err(AttemptError::Cancelled),
+                async {
+                    tokio::select! {
+                        r = self.dispatcher.attempt(&spec.task_id, role, slot, payload, limits, call_off) => r,
+                        () = self.hard_stop.cancelled() => Err(AttemptError::Cancelled),
+                    }
                 }
+                .instrument(span.clone())
+                .await
             }
             Err(e) => Err(e),
         };
         let outcome = outcome.and_then(|reply| validate(role, reply));
         let latency = attempt_start.elapsed();
+        match &outcome {
+            Ok(_) => crate::telemetry::attempt_finished(&span, role, slot, latency, None),
+            Err(err) => crate::telemetry::attempt_finished(
+                &span,
+                role,
+                slot,
+                latency,
+                Some((err.code(), &err.to_string())),
+            ),
+        }
+        drop(span);
         let latency_ms = latency.as_secs_f64() * 1000.0;
         let (outcome_name, error) = match &outcome {
             Ok(_) => {
@@ -680,7 +713,11 @@ impl Pipeline {
         match &outcome {
             Err(AttemptError::HedgeLost) => {}
             Err(err) => {
-                tracing::info!(task_id = %spec.task_id, %role, %slot, error = %err, "attempt failed");
+                // A span event on the phase span, and a log line.
+                tracing::info!(
+                    task_id = %spec.task_id, %role, %slot, "error.type" = err.code(),
+                    error = %err, "fallback"
+                );
                 run.failures
                     .push((offset(attempt_start), format!("{role}/{slot}: {err}")));
                 run.last_error = Some(err.clone());
@@ -823,7 +860,7 @@ impl ChainLog {
 }
 
 /// Checks that a reply's content has the role's shape; anything else is a failed attempt.
-fn validate(role: Role, reply: WorkReply) -> Result<WorkReply, AttemptError> {
+pub(crate) fn validate(role: Role, reply: WorkReply) -> Result<WorkReply, AttemptError> {
     fn check<T: DeserializeOwned>(v: &Value) -> Result<(), String> {
         serde_json::from_value::<T>(v.clone())
             .map(|_| ())

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_nats::Client;
 use async_nats::service::{self, ServiceExt as _};
@@ -38,6 +39,12 @@ use crate::stats::{Stats, StatsDelta};
 
 /// Longest a stats request waits for this coordinator's own final events to be folded in.
 const STATS_SETTLE: Duration = Duration::from_secs(2);
+/// Longest a final event is published again while the event stream does not
+/// acknowledge it (a cluster electing a stream leader takes seconds). Also
+/// kept within half the stream's duplicate window, so a retry is never stored twice.
+const FINAL_EVENT_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Pause before the first republish of an unacknowledged final event (doubling to 2 s).
+const FINAL_EVENT_FIRST_RETRY: Duration = Duration::from_millis(250);
 
 /// Outstanding final-event acknowledgements.
 #[derive(Default)]
@@ -166,7 +173,7 @@ impl Coordinator {
         })
     }
 
-    /// Attaches connection health counters (slow consumers show up in stats logs).
+    /// Attaches connection health counters (its slow-consumer events show up in stats).
     pub fn with_health(mut self, health: Arc<NatsHealth>) -> Coordinator {
         self.health = Some(health);
         self
@@ -253,6 +260,8 @@ impl Coordinator {
             hit.task = spec.task.clone();
             hit.cached = true;
             hit.execution_time_ms = started.elapsed().as_secs_f64() * 1000.0;
+            hit.trace_id = orch_shared::trace::current_trace_id();
+            crate::telemetry::task_finished(&tracing::Span::current(), &hit);
             Box::pin(self.events.emit(
                 &spec.task_id,
                 orch_shared::wire::EventKind::ActionStart,
@@ -261,7 +270,11 @@ impl Coordinator {
             .await;
             return hit;
         }
-        let result = Box::pin(self.pipeline.run(spec)).await;
+        let _in_flight = crate::telemetry::InFlight::enter();
+        tracing::Span::current().record("orch.task_id", spec.task_id.as_str());
+        let mut result = Box::pin(self.pipeline.run(spec)).await;
+        result.trace_id = orch_shared::trace::current_trace_id();
+        crate::telemetry::task_finished(&tracing::Span::current(), &result);
         if let (Some(store), Some(key)) = (cache, &key) {
             Box::pin(crate::cache::store(store, key, &result)).await;
         }
@@ -279,18 +292,49 @@ impl Coordinator {
             return;
         };
         let (kind, details) = final_event(result, &delta);
-        let Some(ack) = Box::pin(self.events.emit_final(&id, kind, details)).await else {
+        let Some(ack) = Box::pin(self.events.emit_final(&id, kind, details.clone())).await else {
             return;
         };
+        // A clustered event stream electing a new leader answers "no stream"
+        // for a few seconds: publish again (the stream drops duplicates by the
+        // event's id) for as long as its duplicate window safely allows.
+        let retry_for = self
+            .config
+            .durable
+            .as_ref()
+            .map_or(Duration::ZERO, |d| d.dedup_window / 2)
+            .min(FINAL_EVENT_RETRY_MAX);
+        let events = self.events.clone();
         let finals = self.finals.clone();
         finals.pending.fetch_add(1, Ordering::SeqCst);
         self.background.spawn(async move {
-            match ack.await {
-                Ok(ack) if !ack.duplicate => {
-                    finals.last_seq.fetch_max(ack.sequence, Ordering::SeqCst);
+            let give_up = tokio::time::Instant::now() + retry_for;
+            let mut delay = FINAL_EVENT_FIRST_RETRY;
+            let mut ack = Some(ack);
+            loop {
+                let outcome = match ack.take() {
+                    Some(ack) => ack.await.map_err(|e| e.to_string()),
+                    None => Err("publish failed".to_string()),
+                };
+                match outcome {
+                    Ok(ack) if !ack.duplicate => {
+                        finals.last_seq.fetch_max(ack.sequence, Ordering::SeqCst);
+                    }
+                    Ok(_) => tracing::debug!(task_id = %id, "final event was a duplicate; kept the first"),
+                    Err(e) if tokio::time::Instant::now() + delay < give_up => {
+                        if delay == FINAL_EVENT_FIRST_RETRY {
+                            tracing::warn!(task_id = %id, error = %e, "final event not acknowledged by the event stream; publishing it again");
+                        } else {
+                            tracing::debug!(task_id = %id, error = %e, "final event still not acknowledged; publishing it again");
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        ack = events.emit_final(&id, kind, details.clone()).await;
+                        continue;
+                    }
+                    Err(e) => tracing::error!(task_id = %id, error = %e, "final event not acknowledged by the event stream; giving up (stats and replay miss this task)"),
                 }
-                Ok(_) => tracing::debug!(task_id = %id, "final event was a duplicate; kept the first"),
-                Err(e) => tracing::warn!(task_id = %id, error = %e, "final event not acknowledged by the event stream"),
+                break;
             }
             finals.pending.fetch_sub(1, Ordering::SeqCst);
             finals.changed.notify_waiters();
@@ -352,6 +396,11 @@ impl Coordinator {
     /// # Errors
     /// The error body a submit would get for an invalid request.
     pub async fn execute(&self, request: SubmitRequest) -> Result<OrchestratedResult, ErrorBody> {
+        let span = crate::telemetry::task_span("execute", false, None);
+        self.execute_inner(request).instrument(span).await
+    }
+
+    async fn execute_inner(&self, request: SubmitRequest) -> Result<OrchestratedResult, ErrorBody> {
         let spec = self.spec(request)?;
         self.check_refs(&spec).await?;
         let id = spec.task_id.clone();
@@ -442,16 +491,14 @@ impl Coordinator {
         } else {
             format!("coordinator:{}", self.dispatcher.instance())
         };
-        let report = self.stats.report(in_flight, &scope);
-        if let Some(h) = &self.health {
-            let slow = h.slow_consumers();
-            if slow > 0 {
-                tracing::warn!(
-                    slow_consumer_events = slow,
-                    "NATS slow-consumer drops so far"
-                );
-            }
-        }
+        let mut report = self.stats.report(in_flight, &scope);
+        // Its own connection's drops when the binary attached them, else the process's.
+        report.slow_consumer_events = self
+            .health
+            .as_ref()
+            .map_or_else(orch_shared::config::slow_consumer_events, |h| {
+                h.slow_consumers()
+            });
         report
     }
 
@@ -486,6 +533,7 @@ impl Coordinator {
                     code = %body.error.code, error = %body.error.message,
                     bytes = request.message.payload.len(), "submit refused"
                 );
+                crate::telemetry::request_refused("submit", body.error.code.as_str());
                 Box::pin(reply_error(&request, enc, &body)).await;
                 return;
             }
@@ -560,7 +608,9 @@ impl Coordinator {
                         ))
                     }
                 }
-                Err(e) => Err(ErrorBody::new(ErrorCode::Internal, e.to_string())),
+                // The bucket is unreachable for now (e.g. a JetStream leader
+                // election in a cluster): the caller may ask again.
+                Err(e) => Err(ErrorBody::new(ErrorCode::Unavailable, e.to_string())),
             }
         }
         .await;
@@ -785,7 +835,12 @@ async fn admit(coord: &Arc<Coordinator>, tasks: &TaskTracker, request: service::
     match coord.permits.clone().try_acquire_owned() {
         Ok(permit) => {
             let coord = coord.clone();
-            tasks.spawn(async move { coord.handle_submit(request, permit).await });
+            let span = crate::telemetry::task_span(
+                subjects::SUBMIT,
+                false,
+                request.message.headers.as_ref(),
+            );
+            tasks.spawn(async move { coord.handle_submit(request, permit).await }.instrument(span));
         }
         Err(_) => {
             let enc = Encoding::from_headers(request.message.headers.as_ref()).unwrap_or_default();
@@ -797,6 +852,7 @@ async fn admit(coord: &Arc<Coordinator>, tasks: &TaskTracker, request: service::
                 ),
             );
             tracing::warn!("submit refused: at capacity");
+            crate::telemetry::request_refused("submit", ErrorCode::Overloaded.as_str());
             reply_error(&request, enc, &body).await;
         }
     }

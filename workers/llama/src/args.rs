@@ -17,12 +17,14 @@ pub const ENV_LOCAL_MODEL: &str = "ORCH_LOCAL_MODEL";
 pub const ENV_MODEL_DIR: &str = "ORCH_MODEL_DIR";
 /// The default model's file name, as `deploy/fetch-model.sh` installs it.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct-Q4_1.gguf";
-/// Room for a system prompt with a schema (~1,000 tokens) plus the answer; the
-/// KV cache for it is ~50 MB with SmolLM2-135M.
-pub const DEFAULT_CTX_SIZE: u32 = 2048;
-/// Enough for a plan of a few steps; at ~45 tokens/s with a grammar on two
-/// cores, about 8 s — inside a typical job budget.
-pub const DEFAULT_MAX_TOKENS: u32 = 384;
+/// Room for the prompt — instructions and schema (~500 tokens) plus the web
+/// findings the prompt carries (up to ~2,000 tokens) — and the answer; the KV
+/// cache for it is ~100 MB with SmolLM2-135M.
+pub const DEFAULT_CTX_SIZE: u32 = 4096;
+/// Room for a bounded plan of four steps: SmolLM2 fills the bounds and took
+/// 190 to 520 tokens per plan in trials, so a 384 cap cut plans off. At ~45
+/// tokens/s with a grammar on two cores, at most ~17 s — inside the reasoning budget.
+pub const DEFAULT_MAX_TOKENS: u32 = 768;
 /// Small models wander at higher temperatures; a little randomness still
 /// lets a retry differ.
 pub const DEFAULT_TEMPERATURE: f32 = 0.2;
@@ -40,18 +42,19 @@ pub struct LocalArgs {
     /// CPU threads for the model. Default: the available cores, at most 8.
     #[arg(
         id = "local_threads",
+        value_name = "N",
         long = "local-threads",
         env = "ORCH_LOCAL_THREADS"
     )]
     pub threads: Option<u32>,
     /// Context window in tokens (prompt plus answer).
-    #[arg(id = "local_ctx_size", long = "local-ctx-size", env = "ORCH_LOCAL_CTX_SIZE", default_value_t = DEFAULT_CTX_SIZE)]
+    #[arg(id = "local_ctx_size", value_name = "TOKENS", long = "local-ctx-size", env = "ORCH_LOCAL_CTX_SIZE", default_value_t = DEFAULT_CTX_SIZE)]
     pub ctx_size: u32,
     /// Cap on generated tokens per request.
-    #[arg(id = "local_max_tokens", long = "local-max-tokens", env = "ORCH_LOCAL_MAX_TOKENS", default_value_t = DEFAULT_MAX_TOKENS)]
+    #[arg(id = "local_max_tokens", value_name = "TOKENS", long = "local-max-tokens", env = "ORCH_LOCAL_MAX_TOKENS", default_value_t = DEFAULT_MAX_TOKENS)]
     pub max_tokens: u32,
     /// Sampling temperature when a request sets none (0 = always the likeliest token).
-    #[arg(id = "local_temperature", long = "local-temperature", env = "ORCH_LOCAL_TEMPERATURE", default_value_t = DEFAULT_TEMPERATURE)]
+    #[arg(id = "local_temperature", value_name = "T", long = "local-temperature", env = "ORCH_LOCAL_TEMPERATURE", default_value_t = DEFAULT_TEMPERATURE)]
     pub temperature: f32,
 }
 

@@ -163,6 +163,7 @@ impl OllamaChat {
             .client
             .post(self.endpoint.clone())
             .header(ACCEPT, "application/json, application/x-ndjson")
+            .headers(trace_headers())
             .json(body);
         let timer = StallTimer::start(self.cfg.first_token_timeout, self.cfg.chunk_timeout);
         let resp = if self.cfg.stream {
@@ -205,36 +206,7 @@ impl OllamaChat {
     async fn read_json(&self, mut resp: reqwest::Response) -> Result<ChatResponse, ProviderError> {
         let status = resp.status().as_u16();
         let bytes = http::read_bounded(&mut resp, http::MAX_BODY_BYTES).await?;
-        let line: Line = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Upstream {
-            status: Some(status),
-            message: format!(
-                "the response body is not a valid Ollama reply ({e}): {}",
-                http::bounded(&String::from_utf8_lossy(&bytes))
-            ),
-        })?;
-        if let Some(err) = line.error {
-            return Err(ProviderError::Upstream {
-                status: Some(status),
-                message: http::bounded(&err),
-            });
-        }
-        if !line.done {
-            return Err(ProviderError::Upstream {
-                status: Some(status),
-                message: "the reply is not marked done".into(),
-            });
-        }
-        Ok(ChatResponse {
-            text: line.message.map(|m| m.content).unwrap_or_default(),
-            model: line
-                .model
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| self.cfg.model.clone()),
-            usage: Some(Usage {
-                input_tokens: line.prompt_eval_count,
-                output_tokens: line.eval_count,
-            }),
-        })
+        parse_reply(status, &bytes, &self.cfg.model)
     }
 
     async fn read_stream(
@@ -242,21 +214,15 @@ impl OllamaChat {
         mut resp: reqwest::Response,
         mut timer: StallTimer,
     ) -> Result<ChatResponse, ProviderError> {
-        let upstream = |message: String| ProviderError::Upstream {
-            status: None,
-            message,
-        };
         let mut lines = LineSplitter::default();
-        let mut text = String::new();
-        let mut model: Option<String> = None;
-        let mut usage = None;
+        let mut answer = StreamedReply::default();
         let mut ended = false;
-        while usage.is_none() && !ended {
+        while !answer.is_done() && !ended {
             let batch = match timer.next_chunk(&mut resp).await? {
-                Some(chunk) => lines.push(&chunk).map_err(&upstream)?,
+                Some(chunk) => lines.push(&chunk).map_err(stream_error)?,
                 None => {
                     ended = true;
-                    lines.finish().map_err(&upstream)?.into_iter().collect()
+                    lines.finish().map_err(stream_error)?.into_iter().collect()
                 }
             };
             for raw in batch {
@@ -264,47 +230,132 @@ impl OllamaChat {
                     continue;
                 }
                 timer.progress();
-                let line: Line = serde_json::from_str(&raw).map_err(|e| {
-                    upstream(format!(
-                        "malformed stream line ({e}): {}",
-                        http::bounded(&raw)
-                    ))
-                })?;
-                if let Some(err) = line.error {
-                    return Err(upstream(format!(
-                        "the server reported an error mid-stream: {}",
-                        http::bounded(&err)
-                    )));
-                }
-                if model.is_none() {
-                    model = line.model.filter(|m| !m.is_empty());
-                }
-                if let Some(m) = line.message {
-                    text.push_str(&m.content);
-                }
-                if text.len() > MAX_TEXT_BYTES {
-                    return Err(upstream(format!(
-                        "the streamed answer exceeds {MAX_TEXT_BYTES} bytes"
-                    )));
-                }
-                if line.done {
-                    usage = Some(Usage {
-                        input_tokens: line.prompt_eval_count,
-                        output_tokens: line.eval_count,
-                    });
+                if answer.push(&raw)? {
                     break;
                 }
             }
         }
-        let Some(usage) = usage else {
-            return Err(upstream(format!(
+        answer.finish(&self.cfg.model)
+    }
+}
+
+fn stream_error(message: String) -> ProviderError {
+    ProviderError::Upstream {
+        status: None,
+        message,
+    }
+}
+
+/// Parses a whole (non-streamed) `/api/chat` reply answered with `status`;
+/// `default_model` names the model when the reply does not.
+///
+/// # Errors
+/// `Upstream` for a body that is not a finished reply or reports an error.
+pub fn parse_reply(
+    status: u16,
+    bytes: &[u8],
+    default_model: &str,
+) -> Result<ChatResponse, ProviderError> {
+    let line: Line = serde_json::from_slice(bytes).map_err(|e| ProviderError::Upstream {
+        status: Some(status),
+        message: format!(
+            "the response body is not a valid Ollama reply ({}): {}",
+            http::bounded(&e.to_string()),
+            http::bounded(&String::from_utf8_lossy(bytes))
+        ),
+    })?;
+    if let Some(err) = line.error {
+        return Err(ProviderError::Upstream {
+            status: Some(status),
+            message: http::bounded(&err),
+        });
+    }
+    if !line.done {
+        return Err(ProviderError::Upstream {
+            status: Some(status),
+            message: "the reply is not marked done".into(),
+        });
+    }
+    Ok(ChatResponse {
+        text: line.message.map(|m| m.content).unwrap_or_default(),
+        model: line
+            .model
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| default_model.to_string()),
+        usage: Some(Usage {
+            input_tokens: line.prompt_eval_count,
+            output_tokens: line.eval_count,
+        }),
+    })
+}
+
+/// A streamed `/api/chat` reply being assembled from its NDJSON lines.
+#[derive(Debug, Default)]
+pub struct StreamedReply {
+    text: String,
+    model: Option<String>,
+    usage: Option<Usage>,
+}
+
+impl StreamedReply {
+    /// Whether the final `"done": true` line arrived.
+    pub fn is_done(&self) -> bool {
+        self.usage.is_some()
+    }
+
+    /// Takes one non-blank line; `Ok(true)` once it is the final one.
+    ///
+    /// # Errors
+    /// `Upstream` for a malformed line, an error reported mid-stream or an
+    /// answer longer than [`MAX_TEXT_BYTES`].
+    pub fn push(&mut self, raw: &str) -> Result<bool, ProviderError> {
+        let line: Line = serde_json::from_str(raw).map_err(|e| {
+            stream_error(format!(
+                "malformed stream line ({}): {}",
+                http::bounded(&e.to_string()),
+                http::bounded(raw)
+            ))
+        })?;
+        if let Some(err) = line.error {
+            return Err(stream_error(format!(
+                "the server reported an error mid-stream: {}",
+                http::bounded(&err)
+            )));
+        }
+        if self.model.is_none() {
+            self.model = line.model.filter(|m| !m.is_empty());
+        }
+        if let Some(m) = line.message {
+            self.text.push_str(&m.content);
+        }
+        if self.text.len() > MAX_TEXT_BYTES {
+            return Err(stream_error(format!(
+                "the streamed answer exceeds {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        if line.done {
+            self.usage = Some(Usage {
+                input_tokens: line.prompt_eval_count,
+                output_tokens: line.eval_count,
+            });
+        }
+        Ok(line.done)
+    }
+
+    /// The answer, once the stream has ended.
+    ///
+    /// # Errors
+    /// `Upstream` when the final line never came.
+    pub fn finish(self, default_model: &str) -> Result<ChatResponse, ProviderError> {
+        let Some(usage) = self.usage else {
+            return Err(stream_error(format!(
                 "the stream ended before the final \"done\": true line ({} bytes of content received)",
-                text.len()
+                self.text.len()
             )));
         };
         Ok(ChatResponse {
-            text,
-            model: model.unwrap_or_else(|| self.cfg.model.clone()),
+            text: self.text,
+            model: self.model.unwrap_or_else(|| default_model.to_string()),
             usage: Some(usage),
         })
     }
@@ -361,6 +412,13 @@ struct Line {
 struct LineMessage {
     #[serde(default)]
     content: String,
+}
+
+/// W3C trace context of the current span, for the model server.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    orch_shared::trace::inject_http(&mut h);
+    h
 }
 
 #[cfg(test)]
@@ -421,6 +479,26 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("JSON Schema")
+        );
+    }
+
+    #[test]
+    fn malformed_replies_give_bounded_errors() {
+        // serde quotes the offending value; a megabyte of text where an object
+        // belongs must not become a megabyte of error message.
+        let long = "x".repeat(100_000);
+        let body = json!({"message": long.clone(), "done": true}).to_string();
+        let e = parse_reply(200, body.as_bytes(), "m").unwrap_err();
+        assert!(
+            e.to_string().len() < 4 * http::MAX_MESSAGE_CHARS,
+            "{}",
+            e.to_string().len()
+        );
+        let e = StreamedReply::default().push(&body).unwrap_err();
+        assert!(
+            e.to_string().len() < 4 * http::MAX_MESSAGE_CHARS,
+            "{}",
+            e.to_string().len()
         );
     }
 }

@@ -300,6 +300,10 @@ impl OpenAiChat {
                 "application/json"
             },
         );
+        // W3C trace context: the model server's spans join the task's trace.
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        orch_shared::trace::inject_http(&mut trace_headers);
+        rb = rb.headers(trace_headers);
         let timer = StallTimer::start(self.cfg.first_token_timeout, self.cfg.chunk_timeout);
         let send = rb.send();
         let resp = if self.cfg.stream {
@@ -343,48 +347,7 @@ impl OpenAiChat {
     async fn read_json(&self, mut resp: reqwest::Response) -> Result<ChatResponse, ProviderError> {
         let status = resp.status().as_u16();
         let bytes = http::read_bounded(&mut resp, http::MAX_BODY_BYTES).await?;
-        let malformed = |what: String| ProviderError::Upstream {
-            status: Some(status),
-            message: what,
-        };
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            malformed(format!(
-                "the response body is not valid JSON ({e}): {}",
-                http::bounded(&self.scrub(&String::from_utf8_lossy(&bytes)))
-            ))
-        })?;
-        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            let info = ErrorInfo::parse(json!({ "error": err }).to_string().as_bytes());
-            return Err(malformed(format!(
-                "error in a 200 reply: {}",
-                http::bounded(&self.scrub(&info.message))
-            )));
-        }
-        let c: Completion = serde_json::from_value(v)
-            .map_err(|e| malformed(format!("unexpected response shape: {e}")))?;
-        let choice = c
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| malformed("the response has no choices".into()))?;
-        let message = choice.message.unwrap_or_default();
-        let text = content_text(message.content.as_ref());
-        if text.is_empty()
-            && let Some(refusal) = message.refusal.filter(|r| !r.is_empty())
-        {
-            return Err(ProviderError::InvalidOutput(format!(
-                "the model refused: {}",
-                http::bounded(&refusal)
-            )));
-        }
-        Ok(ChatResponse {
-            text,
-            model: c
-                .model
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| self.cfg.model.clone()),
-            usage: c.usage.map(UsageBody::into_usage),
-        })
+        parse_completion(status, &bytes, &self.cfg.model, &|s| self.scrub(s))
     }
 
     async fn read_stream(
@@ -392,81 +355,193 @@ impl OpenAiChat {
         mut resp: reqwest::Response,
         mut timer: StallTimer,
     ) -> Result<ChatResponse, ProviderError> {
-        let upstream = |message: String| ProviderError::Upstream {
-            status: None,
-            message,
-        };
+        let scrub = |s: &str| self.scrub(s);
         let mut decoder = SseDecoder::default();
-        let mut text = String::new();
-        let mut model: Option<String> = None;
-        let mut usage = None;
-        let mut refusal = String::new();
-        let mut done = false;
+        let mut answer = StreamedCompletion::default();
         let mut ended = false;
-        while !done && !ended {
+        while !answer.is_done() && !ended {
             let events = match timer.next_chunk(&mut resp).await? {
-                Some(chunk) => decoder.push(&chunk).map_err(&upstream)?,
+                Some(chunk) => decoder.push(&chunk).map_err(stream_error)?,
                 None => {
                     ended = true;
-                    decoder.finish().map_err(&upstream)?.into_iter().collect()
+                    decoder
+                        .finish()
+                        .map_err(stream_error)?
+                        .into_iter()
+                        .collect()
                 }
             };
             for data in events {
-                if data.trim() == "[DONE]" {
-                    done = true;
+                if answer.push(&data, &scrub)? {
                     break;
                 }
                 timer.progress();
-                let v: Value = serde_json::from_str(&data).map_err(|e| {
-                    upstream(format!(
-                        "malformed stream chunk ({e}): {}",
-                        http::bounded(&self.scrub(&data))
-                    ))
-                })?;
-                if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-                    let info = ErrorInfo::parse(json!({ "error": err }).to_string().as_bytes());
-                    return Err(upstream(format!(
-                        "the server reported an error mid-stream: {}",
-                        http::bounded(&self.scrub(&info.message))
-                    )));
-                }
-                let chunk: StreamChunk = serde_json::from_value(v)
-                    .map_err(|e| upstream(format!("malformed stream chunk: {e}")))?;
-                if model.is_none() {
-                    model = chunk.model.filter(|m| !m.is_empty());
-                }
-                if let Some(u) = chunk.usage {
-                    usage = Some(u.into_usage());
-                }
-                if let Some(delta) = chunk.choices.into_iter().next().and_then(|c| c.delta) {
-                    text.push_str(&content_text(delta.content.as_ref()));
-                    if let Some(r) = delta.refusal {
-                        refusal.push_str(&r);
-                    }
-                }
-                if text.len() > MAX_TEXT_BYTES {
-                    return Err(upstream(format!(
-                        "the streamed answer exceeds {MAX_TEXT_BYTES} bytes"
-                    )));
-                }
             }
         }
-        if !done {
-            return Err(upstream(format!(
-                "the stream ended before [DONE] ({} bytes of content received)",
-                text.len()
+        answer.finish(&self.cfg.model)
+    }
+}
+
+fn stream_error(message: String) -> ProviderError {
+    ProviderError::Upstream {
+        status: None,
+        message,
+    }
+}
+
+/// Parses a whole (non-streamed) chat completion body answered with `status`.
+/// `default_model` names the model when the body does not; `scrub` removes
+/// the API key from text quoted in errors.
+///
+/// # Errors
+/// `Upstream` for a body that is not a completion (or reports an error),
+/// `InvalidOutput` for a refusal.
+pub fn parse_completion(
+    status: u16,
+    bytes: &[u8],
+    default_model: &str,
+    scrub: &dyn Fn(&str) -> String,
+) -> Result<ChatResponse, ProviderError> {
+    let malformed = |what: String| ProviderError::Upstream {
+        status: Some(status),
+        message: what,
+    };
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        malformed(format!(
+            "the response body is not valid JSON ({e}): {}",
+            http::bounded(&scrub(&String::from_utf8_lossy(bytes)))
+        ))
+    })?;
+    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+        let info = ErrorInfo::parse(json!({ "error": err }).to_string().as_bytes());
+        return Err(malformed(format!(
+            "error in a 200 reply: {}",
+            http::bounded(&scrub(&info.message))
+        )));
+    }
+    // serde quotes the offending value: bound it and take the key out.
+    let c: Completion = serde_json::from_value(v).map_err(|e| {
+        malformed(format!(
+            "unexpected response shape: {}",
+            http::bounded(&scrub(&e.to_string()))
+        ))
+    })?;
+    let choice = c
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| malformed("the response has no choices".into()))?;
+    let message = choice.message.unwrap_or_default();
+    let text = content_text(message.content.as_ref());
+    if text.is_empty()
+        && let Some(refusal) = message.refusal.filter(|r| !r.is_empty())
+    {
+        return Err(ProviderError::InvalidOutput(format!(
+            "the model refused: {}",
+            http::bounded(&refusal)
+        )));
+    }
+    Ok(ChatResponse {
+        text,
+        model: c
+            .model
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| default_model.to_string()),
+        usage: c.usage.map(UsageBody::into_usage),
+    })
+}
+
+/// A streamed chat completion being assembled from its SSE events' data.
+#[derive(Debug, Default)]
+pub struct StreamedCompletion {
+    text: String,
+    model: Option<String>,
+    usage: Option<Usage>,
+    refusal: String,
+    done: bool,
+}
+
+impl StreamedCompletion {
+    /// Whether `[DONE]` arrived.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Takes one event's data; `Ok(true)` once it is `[DONE]`. `scrub`
+    /// removes the API key from text quoted in errors.
+    ///
+    /// # Errors
+    /// `Upstream` for a malformed chunk, an error reported mid-stream or an
+    /// answer longer than [`MAX_TEXT_BYTES`].
+    pub fn push(
+        &mut self,
+        data: &str,
+        scrub: &dyn Fn(&str) -> String,
+    ) -> Result<bool, ProviderError> {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(true);
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            stream_error(format!(
+                "malformed stream chunk ({e}): {}",
+                http::bounded(&scrub(data))
+            ))
+        })?;
+        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+            let info = ErrorInfo::parse(json!({ "error": err }).to_string().as_bytes());
+            return Err(stream_error(format!(
+                "the server reported an error mid-stream: {}",
+                http::bounded(&scrub(&info.message))
             )));
         }
-        if text.is_empty() && !refusal.is_empty() {
+        let chunk: StreamChunk = serde_json::from_value(v).map_err(|e| {
+            stream_error(format!(
+                "malformed stream chunk: {}",
+                http::bounded(&scrub(&e.to_string()))
+            ))
+        })?;
+        if self.model.is_none() {
+            self.model = chunk.model.filter(|m| !m.is_empty());
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u.into_usage());
+        }
+        if let Some(delta) = chunk.choices.into_iter().next().and_then(|c| c.delta) {
+            self.text.push_str(&content_text(delta.content.as_ref()));
+            if let Some(r) = delta.refusal {
+                self.refusal.push_str(&r);
+            }
+        }
+        if self.text.len() > MAX_TEXT_BYTES {
+            return Err(stream_error(format!(
+                "the streamed answer exceeds {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        Ok(false)
+    }
+
+    /// The answer, once the stream has ended.
+    ///
+    /// # Errors
+    /// `Upstream` when `[DONE]` never came, `InvalidOutput` for a refusal.
+    pub fn finish(self, default_model: &str) -> Result<ChatResponse, ProviderError> {
+        if !self.done {
+            return Err(stream_error(format!(
+                "the stream ended before [DONE] ({} bytes of content received)",
+                self.text.len()
+            )));
+        }
+        if self.text.is_empty() && !self.refusal.is_empty() {
             return Err(ProviderError::InvalidOutput(format!(
                 "the model refused: {}",
-                http::bounded(&refusal)
+                http::bounded(&self.refusal)
             )));
         }
         Ok(ChatResponse {
-            text,
-            model: model.unwrap_or_else(|| self.cfg.model.clone()),
-            usage,
+            text: self.text,
+            model: self.model.unwrap_or_else(|| default_model.to_string()),
+            usage: self.usage,
         })
     }
 }
@@ -717,5 +792,32 @@ mod tests {
             c.api_key = Some(ApiKey::new("sk-very-secret").unwrap());
         });
         assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn shape_errors_are_bounded_and_never_quote_the_key() {
+        // serde quotes the offending value; a server echoing the key (or a
+        // megabyte of text) where an object belongs must not put either into
+        // the error (found by the `providers.openai_completion` fuzz target).
+        let scrub = |s: &str| s.replace("sk-very-secret", "***");
+        let long = "x".repeat(100_000);
+        for body in [
+            json!({"choices": format!("sk-very-secret {long}")}),
+            json!(format!("sk-very-secret {long}")),
+        ] {
+            let e = parse_completion(200, body.to_string().as_bytes(), "m", &scrub).unwrap_err();
+            let msg = e.to_string();
+            assert!(!msg.contains("sk-very-secret"), "{msg}");
+            assert!(
+                msg.len() < 2 * http::MAX_MESSAGE_CHARS,
+                "{} bytes",
+                msg.len()
+            );
+        }
+        let mut stream = StreamedCompletion::default();
+        let chunk = json!({"choices": [{"delta": {"content": 7, "refusal": format!("sk-very-secret {long}")}}], "usage": "sk-very-secret"});
+        let e = stream.push(&chunk.to_string(), &scrub).unwrap_err();
+        assert!(!e.to_string().contains("sk-very-secret"), "{e}");
+        assert!(e.to_string().len() < 2 * http::MAX_MESSAGE_CHARS);
     }
 }

@@ -12,6 +12,10 @@ mod queue;
 pub mod run;
 pub mod serve;
 pub mod sim;
+mod telemetry;
+
+#[cfg(test)]
+mod fuzz;
 
 pub use args::WorkerArgs;
 pub use error::WorkError;

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use async_nats::service::{self, ServiceExt as _};
 use async_nats::{Client, HeaderMap};
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use orch_shared::codec::{Encoding, header_safe};
 use orch_shared::wire::{ObjectRef, WorkReply, WorkRequest};
-use orch_shared::{ErrorCode, Slot, headers, subjects};
+use orch_shared::{ErrorCode, Role, Slot, headers, subjects};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -409,22 +410,43 @@ pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job
     }
     shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
     let shared = shared.clone();
-    tracker.spawn(async move {
-        let received = job.received(Instant::now());
-        let result = run_job(&shared, &job, enc, received).await;
-        if job.queued() {
-            // Free again: let the pull loop ask for more before this reply goes out.
-            let issued = shared.pull_issued.notified();
+    let role = shared.handler.role();
+    let span = crate::telemetry::job_span(
+        job.message(),
+        role,
+        &shared.cfg.slot,
+        job.queued(),
+        &shared.worker_id,
+    );
+    let job_span = span.clone();
+    tracker.spawn(
+        async move {
+            let in_flight = crate::telemetry::InFlight::enter(role, &shared.cfg.slot);
+            let received = job.received(Instant::now());
+            let result = run_job(&shared, &job, enc, received).await;
+            in_flight.finished(
+                &job_span,
+                received.elapsed(),
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| (e.code.as_str(), e.message.as_str())),
+            );
+            if job.queued() {
+                // Free again: let the pull loop ask for more before this reply goes out.
+                let issued = shared.pull_issued.notified();
+                shared.permit_freed.notify_waiters();
+                let _ = tokio::time::timeout(Duration::from_millis(50), issued).await;
+            }
+            match result {
+                Ok(reply) => respond_ok(&shared, &job, enc, &reply).await,
+                Err(err) => respond_err(&shared, &job, enc, &err, false).await,
+            }
+            shared.metrics.accepted.fetch_sub(1, Ordering::Relaxed);
             shared.permit_freed.notify_waiters();
-            let _ = tokio::time::timeout(Duration::from_millis(50), issued).await;
         }
-        match result {
-            Ok(reply) => respond_ok(&shared, &job, enc, &reply).await,
-            Err(err) => respond_err(&shared, &job, enc, &err, false).await,
-        }
-        shared.metrics.accepted.fetch_sub(1, Ordering::Relaxed);
-        shared.permit_freed.notify_waiters();
-    });
+        .instrument(span),
+    );
 }
 
 /// Decrements `running` however the job ends.
@@ -456,46 +478,19 @@ async fn run_job(
     enc: Encoding,
     received: Instant,
 ) -> Result<WorkReply, WorkError> {
-    let budget = match job.header(headers::ORCH_BUDGET_MS) {
-        None => shared.cfg.default_budget,
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .map(Duration::from_millis)
-            .map_err(|_| {
-                WorkError::invalid_request(format!(
-                    "{} header must be an integer, got `{}`",
-                    headers::ORCH_BUDGET_MS,
-                    header_safe(v)
-                ))
-            })?,
-    };
-    if budget < shared.cfg.min_budget {
-        return Err(WorkError::new(
-            ErrorCode::DeadlineTooShort,
-            format!(
-                "budget {} ms is below this worker's minimum of {} ms",
-                budget.as_millis(),
-                shared.cfg.min_budget.as_millis()
-            ),
-        ));
-    }
+    let budget = job_budget(job.header(headers::ORCH_BUDGET_MS), &shared.cfg)?;
     let deadline = received + budget;
     if deadline <= Instant::now() {
         return Err(WorkError::timed_out(
             "the budget ran out while the job was queued",
         ));
     }
-    let mut work: WorkRequest = enc
-        .decode(&job.message().payload)
-        .map_err(|e| WorkError::new(e.code, e.message))?;
-    let role = shared.handler.role();
-    if work.role != role || work.slot != shared.cfg.slot {
-        return Err(WorkError::invalid_request(format!(
-            "request for {}/{} reached a {}/{} worker",
-            work.role, work.slot, role, shared.cfg.slot
-        )));
-    }
+    let mut work = decode_work(
+        enc,
+        &job.message().payload,
+        shared.handler.role(),
+        &shared.cfg.slot,
+    )?;
 
     let token = shared.drain_cancel.child_token();
     let request_id = job.header(headers::ORCH_REQUEST_ID).map(str::to_string);
@@ -557,6 +552,62 @@ async fn run_job(
         worker_id: shared.worker_id.clone(),
         elapsed_ms,
     })
+}
+
+/// The job's budget: the `Orch-Budget-Ms` header, else the configured default.
+///
+/// # Errors
+/// `invalid_request` when the header is not an integer, `deadline_too_short`
+/// when the budget is below this worker's minimum.
+pub(crate) fn job_budget(header: Option<&str>, cfg: &ServeConfig) -> Result<Duration, WorkError> {
+    let budget = match header {
+        None => cfg.default_budget,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                WorkError::invalid_request(format!(
+                    "{} header must be an integer, got `{}`",
+                    headers::ORCH_BUDGET_MS,
+                    header_safe(v)
+                ))
+            })?,
+    };
+    if budget < cfg.min_budget {
+        return Err(WorkError::new(
+            ErrorCode::DeadlineTooShort,
+            format!(
+                "budget {} ms is below this worker's minimum of {} ms",
+                budget.as_millis(),
+                cfg.min_budget.as_millis()
+            ),
+        ));
+    }
+    Ok(budget)
+}
+
+/// Decodes a work request and checks that it is for this worker's role and slot.
+///
+/// # Errors
+/// The decode error's code (`malformed`, `invalid_request`), or
+/// `invalid_request` for a request meant for another role or slot.
+pub(crate) fn decode_work(
+    enc: Encoding,
+    payload: &[u8],
+    role: Role,
+    slot: &Slot,
+) -> Result<WorkRequest, WorkError> {
+    let work: WorkRequest = enc
+        .decode(payload)
+        .map_err(|e| WorkError::new(e.code, e.message))?;
+    if work.role != role || work.slot != *slot {
+        return Err(WorkError::invalid_request(format!(
+            "request for {}/{} reached a {}/{} worker",
+            work.role, work.slot, role, slot
+        )));
+    }
+    Ok(work)
 }
 
 /// Largest screenshot fetched from the object store.

@@ -161,16 +161,35 @@ impl LlmHandler {
             gen_ai.usage.input_tokens = Empty,
             gen_ai.usage.output_tokens = Empty,
             "error.type" = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            gen_ai.input.messages = Empty,
+            gen_ai.output.messages = Empty,
             orch.role = %self.role,
             orch.attempt = attempt,
             orch.task_id = %task_id,
         );
+        let capture = orch_shared::telemetry::capture_content();
+        if capture {
+            // Opt-in only (--otel-capture-content): prompts may hold personal data.
+            let input = serde_json::json!([
+                {"role": "system", "parts": [{"type": "text", "content": request.system}]},
+                {"role": "user", "parts": [{"type": "text", "content": request.user}]},
+            ]);
+            span.record("gen_ai.input.messages", input.to_string().as_str());
+        }
         let started = Instant::now();
         let result = self.model.chat(request, ctx).instrument(span.clone()).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match &result {
             Ok(r) => {
                 span.record("gen_ai.response.model", r.model.as_str());
+                if capture {
+                    let output = serde_json::json!([
+                        {"role": "assistant", "parts": [{"type": "text", "content": r.text}]},
+                    ]);
+                    span.record("gen_ai.output.messages", output.to_string().as_str());
+                }
                 if let Some(u) = r.usage {
                     span.record("gen_ai.usage.input_tokens", u.input_tokens);
                     span.record("gen_ai.usage.output_tokens", u.output_tokens);
@@ -178,7 +197,7 @@ impl LlmHandler {
                 span.in_scope(|| tracing::debug!(elapsed_ms, "model call done"));
             }
             Err(e) => {
-                span.record("error.type", e.code().as_str());
+                orch_shared::trace::record_error(&span, e.code().as_str(), &e.to_string());
                 span.in_scope(|| {
                     tracing::info!(elapsed_ms, code = %e.code(), error = %e, "model call failed")
                 });

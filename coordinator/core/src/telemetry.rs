@@ -1,0 +1,259 @@
+//! The coordinator's spans and metrics, named after the OpenTelemetry
+//! conventions (messaging spans for NATS, `error.type` on failures).
+//!
+//! One trace per task: the `orch.task` span (a child of the submitter's
+//! `traceparent` when it sent one) → one span per phase → one span per
+//! dispatch attempt, whose context travels to the worker in the request's
+//! headers. Fallbacks and conflicts are span events; the task span ends with
+//! the confidence, models used and fallback count.
+//!
+//! Metrics go to the global meter provider (a no-op unless OTLP export is on,
+//! see [`orch_shared::telemetry`]).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
+use orch_shared::wire::OrchestratedResult;
+use orch_shared::{Role, Slot};
+use tracing::Span;
+use tracing::field::Empty;
+
+/// The span of one task, continuing the trace in `headers` when they carry
+/// one. `subject` is where the task arrived; `durable` says whether it came
+/// from the durable intake (a queue consumer) or request/reply (a server).
+pub fn task_span(subject: &str, durable: bool, headers: Option<&HeaderMap>) -> Span {
+    let span = tracing::info_span!(
+        "orch.task",
+        otel.name = "orch.task",
+        otel.kind = if durable { "consumer" } else { "server" },
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        "error.type" = Empty,
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        messaging.operation.type = "process",
+        messaging.consumer.group.name = if durable {
+            orch_shared::subjects::CONSUMER_TASKS
+        } else {
+            orch_shared::subjects::COORDINATOR_QUEUE
+        },
+        orch.task_id = Empty,
+        orch.success = Empty,
+        orch.cached = Empty,
+        orch.confidence = Empty,
+        orch.models_used = Empty,
+        orch.fallback_count = Empty,
+        orch.conflict_count = Empty,
+        orch.execution_time_ms = Empty,
+    );
+    orch_shared::trace::follow(&span, headers);
+    span
+}
+
+/// Records a finished task on its span and in the metrics.
+pub fn task_finished(span: &Span, result: &OrchestratedResult) {
+    let success = result.succeeded() || !result.model_results.contains_key(&Role::Reasoner);
+    span.record("orch.task_id", result.task_id.as_str());
+    span.record("orch.success", success);
+    span.record("orch.cached", result.cached);
+    span.record("orch.confidence", result.confidence);
+    span.record("orch.models_used", result.models_used.join(",").as_str());
+    span.record("orch.fallback_count", result.fallback_chain.len() as u64);
+    span.record("orch.conflict_count", result.conflicts.len() as u64);
+    span.record("orch.execution_time_ms", result.execution_time_ms);
+    if !success {
+        orch_shared::trace::record_error(span, "all_slots_failed", "every reasoner slot failed");
+    }
+    let m = metrics();
+    let outcome = if result.cached {
+        "cached"
+    } else if success {
+        "ok"
+    } else {
+        "failed"
+    };
+    let attrs = [KeyValue::new("orch.outcome", outcome)];
+    m.tasks.add(1, &attrs);
+    m.task_duration
+        .record(result.execution_time_ms / 1000.0, &attrs);
+    if !result.conflicts.is_empty() {
+        m.conflicts.add(result.conflicts.len() as u64, &[]);
+    }
+}
+
+/// The span of one phase.
+pub fn phase_span(phase: &'static str) -> Span {
+    tracing::info_span!(
+        "orch.phase",
+        otel.name = %format_args!("phase {phase}"),
+        orch.phase = phase,
+    )
+}
+
+/// The span of one dispatch attempt: a request (core NATS) or a queued
+/// message (pull dispatch) to one slot. Its context goes into the request's
+/// headers.
+pub fn attempt_span(
+    role: Role,
+    slot: &Slot,
+    queued: bool,
+    attempt: usize,
+    budget: Duration,
+    hedge: bool,
+) -> Span {
+    let subject = if queued {
+        orch_shared::subjects::queue(role, slot)
+    } else {
+        orch_shared::subjects::work(role, slot)
+    };
+    tracing::info_span!(
+        "orch.attempt",
+        otel.name = %format_args!("send {subject}"),
+        otel.kind = if queued { "producer" } else { "client" },
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        "error.type" = Empty,
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        messaging.operation.type = "send",
+        orch.role = %role,
+        orch.slot = %slot,
+        orch.attempt = attempt as u64,
+        orch.budget_ms = budget.as_millis() as u64,
+        orch.hedge = hedge,
+        orch.outcome = Empty,
+    )
+}
+
+/// Records an attempt's outcome on its span and in the metrics. `error` is
+/// the error code and message of a failed attempt.
+pub fn attempt_finished(
+    span: &Span,
+    role: Role,
+    slot: &Slot,
+    latency: Duration,
+    error: Option<(&str, &str)>,
+) {
+    let outcome = error.map_or("ok", |(code, _)| code);
+    span.record("orch.outcome", outcome);
+    if let Some((code, message)) = error {
+        orch_shared::trace::record_error(span, code, message);
+    }
+    let m = metrics();
+    let attrs = [
+        KeyValue::new("orch.role", role.as_str()),
+        KeyValue::new("orch.slot", slot.to_string()),
+        KeyValue::new("orch.outcome", outcome.to_string()),
+    ];
+    m.attempt_duration.record(latency.as_secs_f64(), &attrs);
+    if let Some((code, _)) = error
+        && code != "hedge_lost"
+    {
+        m.fallbacks.add(
+            1,
+            &[
+                KeyValue::new("orch.role", role.as_str()),
+                KeyValue::new("orch.slot", slot.to_string()),
+                KeyValue::new("error.type", code.to_string()),
+            ],
+        );
+    }
+}
+
+/// Counts a refused request (bad input, overload, shutdown) by error code.
+pub fn request_refused(endpoint: &'static str, code: &str) {
+    metrics().errors.add(
+        1,
+        &[
+            KeyValue::new("orch.endpoint", endpoint),
+            KeyValue::new("error.type", code.to_string()),
+        ],
+    );
+}
+
+/// Tracks tasks in flight on this coordinator (a gauge).
+pub struct InFlight(());
+
+impl InFlight {
+    /// Counts one more task in flight until dropped.
+    pub fn enter() -> InFlight {
+        metrics().in_flight.add(1, &[]);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().in_flight.add(-1, &[]);
+    }
+}
+
+/// The coordinator's instruments.
+pub struct Metrics {
+    /// `orch.task.duration` (s), by outcome.
+    pub task_duration: Histogram<f64>,
+    /// `orch.attempt.duration` (s), by role, slot and outcome.
+    pub attempt_duration: Histogram<f64>,
+    /// `orch.tasks`, by outcome.
+    pub tasks: Counter<u64>,
+    /// `orch.fallbacks`: failed attempts that moved a role on, by role, slot, error.
+    pub fallbacks: Counter<u64>,
+    /// `orch.conflicts` found by synthesis.
+    pub conflicts: Counter<u64>,
+    /// `orch.errors`: refused requests, by endpoint and error code.
+    pub errors: Counter<u64>,
+    /// `orch.tasks.in_flight` on this coordinator.
+    pub in_flight: UpDownCounter<i64>,
+}
+
+/// Latency buckets in seconds, from 1 ms to 10 minutes.
+const SECONDS: [f64; 17] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 600.0,
+];
+
+/// The instruments, made on first use from the global meter provider (set up
+/// by telemetry init before any task runs).
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("orch-coordinator");
+        Metrics {
+            task_duration: meter
+                .f64_histogram("orch.task.duration")
+                .with_unit("s")
+                .with_description("Wall time of a task, submit to result")
+                .with_boundaries(SECONDS.to_vec())
+                .build(),
+            attempt_duration: meter
+                .f64_histogram("orch.attempt.duration")
+                .with_unit("s")
+                .with_description("Duration of one dispatch attempt to a worker slot")
+                .with_boundaries(SECONDS.to_vec())
+                .build(),
+            tasks: meter
+                .u64_counter("orch.tasks")
+                .with_description("Finished tasks")
+                .build(),
+            fallbacks: meter
+                .u64_counter("orch.fallbacks")
+                .with_description("Failed attempts that moved a role to its next slot")
+                .build(),
+            conflicts: meter
+                .u64_counter("orch.conflicts")
+                .with_description("Conflicts found by synthesis")
+                .build(),
+            errors: meter
+                .u64_counter("orch.errors")
+                .with_description("Requests refused with a structured error")
+                .build(),
+            in_flight: meter
+                .i64_up_down_counter("orch.tasks.in_flight")
+                .with_description("Tasks running on this coordinator")
+                .build(),
+        }
+    })
+}
