@@ -15,6 +15,12 @@ pub const JSON: &str = "application/json";
 /// `Content-Type` for MessagePack payloads.
 pub const MSGPACK: &str = "application/msgpack";
 
+/// Deepest MessagePack nesting decoded: the limit serde_json applies to JSON.
+/// rmp-serde's own default (1024) lets a few kilobytes of nested arrays,
+/// even under a field the target type ignores, recurse deep enough to
+/// overflow a 2 MiB thread stack (tokio's default) and abort the process.
+pub const MAX_MSGPACK_DEPTH: usize = 128;
+
 /// A payload encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Encoding {
@@ -117,7 +123,9 @@ impl Encoding {
                     });
                 }
                 let mut cursor = std::io::Cursor::new(payload);
-                let value: T = rmp_serde::from_read(&mut cursor).map_err(|e| {
+                let mut de = rmp_serde::Deserializer::new(&mut cursor);
+                de.set_max_depth(MAX_MSGPACK_DEPTH);
+                let value: T = T::deserialize(&mut de).map_err(|e| {
                     use rmp_serde::decode::Error as E;
                     let code = match &e {
                         E::TypeMismatch(rmp::Marker::Reserved) => ErrorCode::Malformed,
@@ -133,6 +141,7 @@ impl Encoding {
                         message: format!("invalid MessagePack: {e}"),
                     }
                 })?;
+                drop(de);
                 if cursor.position() < payload.len() as u64 {
                     return Err(DecodeError {
                         code: ErrorCode::Malformed,
@@ -301,6 +310,35 @@ mod tests {
             Encoding::MsgPack.decode::<Req>(&b).unwrap_err().code,
             ErrorCode::Malformed
         );
+    }
+
+    #[test]
+    fn deep_msgpack_is_refused_not_a_stack_overflow() {
+        // `{"task": "x", "n": 1, "junk": [[[...]]]}`, 100,000 levels deep under a
+        // field the type ignores: a few hundred kilobytes that used to recurse
+        // past the end of the stack (found by the `shared.results_get` fuzz target).
+        #[derive(Debug, Deserialize)]
+        struct Lenient {
+            #[allow(dead_code)]
+            task: String,
+        }
+        let mut b = vec![0x82, 0xa4];
+        b.extend_from_slice(b"task");
+        b.extend_from_slice(&[0xa1, b'x', 0xa4]);
+        b.extend_from_slice(b"junk");
+        b.extend(std::iter::repeat_n(0x91, 100_000));
+        b.push(0xc0);
+        let e = Encoding::MsgPack.decode::<Lenient>(&b).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Malformed, "{e}");
+        assert!(e.message.contains("depth"), "{e}");
+        // Nesting within the limit still decodes.
+        let mut ok = vec![0x82, 0xa4];
+        ok.extend_from_slice(b"task");
+        ok.extend_from_slice(&[0xa1, b'x', 0xa4]);
+        ok.extend_from_slice(b"junk");
+        ok.extend(std::iter::repeat_n(0x91, MAX_MSGPACK_DEPTH - 2));
+        ok.push(0xc0);
+        assert!(Encoding::MsgPack.decode::<Lenient>(&ok).is_ok());
     }
 
     #[test]

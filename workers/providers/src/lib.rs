@@ -24,3 +24,6 @@ pub mod retry;
 pub mod roles;
 pub mod secret;
 pub mod stream;
+
+#[cfg(test)]
+mod fuzz;

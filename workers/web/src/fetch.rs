@@ -305,7 +305,7 @@ impl PageFetcher {
 
 /// Decodes a body: charset from `Content-Type`, else a BOM, else (HTML) a
 /// `<meta charset>` in the first KiB, else UTF-8. Invalid bytes become U+FFFD.
-fn decode(bytes: &[u8], content_type: &str, kind: PageKind) -> String {
+pub(crate) fn decode(bytes: &[u8], content_type: &str, kind: PageKind) -> String {
     let from_header = charset_param(content_type);
     let from_meta = || {
         (kind == PageKind::Html)

@@ -24,6 +24,9 @@ pub mod netguard;
 pub mod search;
 pub mod secret;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::sync::Arc;
 
 use orch_shared::Role;

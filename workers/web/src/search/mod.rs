@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use orch_shared::ErrorCode;
 use orch_shared::wire::SearchHit;
 use orch_worker::WorkError;
+use reqwest::header::HeaderMap;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
@@ -283,18 +284,16 @@ impl SearchClient {
                 Ok(hits) => return Ok(hits),
                 Err(e) => e,
             };
-            let Some(wait) = err
-                .retry_delay(attempt)
-                .filter(|_| attempt < self.cfg.retries)
-            else {
-                return Err(err);
-            };
             let left = deadline.saturating_duration_since(Instant::now());
-            if wait + MIN_ATTEMPT_TIME > left {
-                tracing::info!(backend, error = %err, wait_ms = wait.as_millis() as u64,
-                    "not retrying: the wait would overrun the job's deadline");
-                return Err(err);
-            }
+            let wait = match retry_wait(&err, attempt, self.cfg.retries, left) {
+                RetryWait::Retry(wait) => wait,
+                RetryWait::Final => return Err(err),
+                RetryWait::PastDeadline(wait) => {
+                    tracing::info!(backend, error = %err, wait_ms = wait.as_millis() as u64,
+                        "not retrying: the wait would overrun the job's deadline");
+                    return Err(err);
+                }
+            };
             tracing::info!(backend, error = %err, wait_ms = wait.as_millis() as u64, attempt, "retrying search");
             tokio::time::sleep(wait).await;
             attempt += 1;
@@ -319,43 +318,88 @@ impl SearchClient {
         let body = read_capped(resp, MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| transport_error(backend, e))?;
-        if !status.is_success() {
-            let retry_after = http::retry_after(&headers).or_else(|| match &self.cfg.backend {
-                Backend::Brave(_) => brave::rate_limit_reset(&headers),
-                _ => None,
-            });
-            return Err(status_error(
-                &self.cfg.backend,
-                status,
-                retry_after,
-                &body.bytes,
-            ));
-        }
-        if body.truncated {
-            return Err(SearchError::Upstream {
-                backend,
-                status: Some(status.as_u16()),
-                detail: format!("response larger than {MAX_RESPONSE_BYTES} bytes"),
-            });
-        }
-        let json: Value =
-            serde_json::from_slice(&body.bytes).map_err(|e| SearchError::Upstream {
-                backend,
-                status: Some(status.as_u16()),
-                detail: format!("response is not JSON ({e}): {}", excerpt(&body.bytes, 120)),
-            })?;
-        let raw = match &self.cfg.backend {
-            Backend::Searxng => searxng::hits(&json),
-            Backend::Brave(_) => brave::hits(&json),
-            Backend::Tavily(_) => tavily::hits(&json),
-        }
-        .map_err(|detail| SearchError::Upstream {
-            backend,
-            status: Some(status.as_u16()),
-            detail,
-        })?;
-        Ok(clean_hits(raw, max))
+        decode_response(
+            &self.cfg.backend,
+            status,
+            &headers,
+            &body.bytes,
+            body.truncated,
+            max,
+        )
     }
+}
+
+/// Turns a backend's answer (status, headers, body read up to
+/// [`MAX_RESPONSE_BYTES`], `truncated` when it was longer) into at most `max`
+/// clean hits or a typed error.
+pub(crate) fn decode_response(
+    backend: &Backend,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    truncated: bool,
+    max: usize,
+) -> Result<Vec<SearchHit>, SearchError> {
+    let name = backend.name();
+    if !status.is_success() {
+        let retry_after = http::retry_after(headers).or_else(|| match backend {
+            Backend::Brave(_) => brave::rate_limit_reset(headers),
+            _ => None,
+        });
+        return Err(status_error(backend, status, retry_after, body));
+    }
+    if truncated {
+        return Err(SearchError::Upstream {
+            backend: name,
+            status: Some(status.as_u16()),
+            detail: format!("response larger than {MAX_RESPONSE_BYTES} bytes"),
+        });
+    }
+    let json: Value = serde_json::from_slice(body).map_err(|e| SearchError::Upstream {
+        backend: name,
+        status: Some(status.as_u16()),
+        detail: format!("response is not JSON ({e}): {}", excerpt(body, 120)),
+    })?;
+    let raw = match backend {
+        Backend::Searxng => searxng::hits(&json),
+        Backend::Brave(_) => brave::hits(&json),
+        Backend::Tavily(_) => tavily::hits(&json),
+    }
+    .map_err(|detail| SearchError::Upstream {
+        backend: name,
+        status: Some(status.as_u16()),
+        detail,
+    })?;
+    Ok(clean_hits(raw, max))
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryWait {
+    /// Wait this long, then try again.
+    Retry(Duration),
+    /// The error is final, or the retries are used up.
+    Final,
+    /// A retry would wait this long and overrun the deadline.
+    PastDeadline(Duration),
+}
+
+/// The retry decision after attempt number `attempt` (0-based) failed with
+/// `err`, with `retries` allowed and `left` before the deadline.
+pub(crate) fn retry_wait(
+    err: &SearchError,
+    attempt: u32,
+    retries: u32,
+    left: Duration,
+) -> RetryWait {
+    let Some(wait) = err.retry_delay(attempt).filter(|_| attempt < retries) else {
+        return RetryWait::Final;
+    };
+    // Saturating: a server may ask for any wait (`Retry-After: 18446744073709551615`).
+    if wait.saturating_add(MIN_ATTEMPT_TIME) > left {
+        return RetryWait::PastDeadline(wait);
+    }
+    RetryWait::Retry(wait)
 }
 
 /// `base` + `/path/segments` + `?query`, keeping any path prefix of `base`
