@@ -2,9 +2,9 @@
 //! flags, duration parsing, and the "report every problem, then exit 64" rule.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::{ConnectOptions, Event};
 
@@ -21,9 +21,21 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// slow-consumer event). Large enough for bursts of small work requests, small
 /// enough that a stuck consumer cannot eat the heap.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 8 * 1024;
+/// Environment variable for the per-subscription capacity.
+pub const ENV_NATS_SUBSCRIPTION_CAPACITY: &str = "NATS_SUBSCRIPTION_CAPACITY";
+/// Least time between two slow-consumer warnings of one process: every drop
+/// is counted, but a flood of drops must not become a flood of log lines.
+pub const SLOW_CONSUMER_WARN_EVERY: Duration = Duration::from_secs(10);
+/// Environment variable for the inbox prefix.
+pub const ENV_NATS_INBOX_PREFIX: &str = "NATS_INBOX_PREFIX";
+/// Default inbox prefix: what every NATS client library uses, so an
+/// unauthenticated development server needs no permissions set up.
+pub const DEFAULT_NATS_INBOX_PREFIX: &str = "_INBOX";
 
 /// How to reach NATS. Flattened into every binary's flags.
-#[derive(clap::Args, Debug, Clone)]
+///
+/// `Debug` is written by hand so the password never reaches a log line.
+#[derive(clap::Args, Clone)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
     #[arg(long = "nats-url", env = ENV_NATS_URL, default_value = DEFAULT_NATS_URL)]
@@ -58,6 +70,35 @@ pub struct NatsArgs {
     /// Give up connecting at startup after this long.
     #[arg(long = "nats-connect-timeout", env = "NATS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Prefix of this connection's reply inboxes. With subject permissions,
+    /// give each identity its own (e.g. `_INBOX_coordinator`) so no other
+    /// identity may subscribe to its replies (see `deploy/nats/`).
+    #[arg(long = "nats-inbox-prefix", env = ENV_NATS_INBOX_PREFIX, default_value = DEFAULT_NATS_INBOX_PREFIX)]
+    pub inbox_prefix: String,
+    /// Messages buffered per subscription; beyond it async-nats drops them
+    /// (each drop is logged as a slow consumer and counted in stats).
+    #[arg(long = "nats-subscription-capacity", env = ENV_NATS_SUBSCRIPTION_CAPACITY, default_value_t = DEFAULT_SUBSCRIPTION_CAPACITY)]
+    pub subscription_capacity: usize,
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("url", &redact_url(&self.url))
+            .field("creds", &self.creds)
+            .field("nkey_file", &self.nkey_file)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_required", &self.tls_required)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("inbox_prefix", &self.inbox_prefix)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .finish()
+    }
 }
 
 impl NatsArgs {
@@ -75,6 +116,8 @@ impl NatsArgs {
             tls_key: None,
             tls_required: false,
             connect_timeout: Duration::from_secs(5),
+            inbox_prefix: DEFAULT_NATS_INBOX_PREFIX.to_string(),
+            subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
         }
     }
 
@@ -114,10 +157,23 @@ impl NatsArgs {
         if self.url.trim().is_empty() {
             problems.push("--nats-url is empty");
         }
+        if !(1..=1 << 24).contains(&self.subscription_capacity) {
+            problems.push(format!(
+                "--nats-subscription-capacity must be 1..=16777216, got {}",
+                self.subscription_capacity
+            ));
+        }
+        if !valid_inbox_prefix(&self.inbox_prefix) {
+            problems.push(format!(
+                "--nats-inbox-prefix `{}` must be a subject token or tokens without wildcards or spaces, e.g. _INBOX_coordinator",
+                self.inbox_prefix
+            ));
+        }
     }
 
     /// Connects with the given client name and our standard options (bounded
-    /// subscriptions, slow-consumer accounting, logged connection events).
+    /// subscriptions of `--nats-subscription-capacity`, slow-consumer
+    /// accounting, logged connection events).
     ///
     /// # Errors
     /// Unreadable credential files or a failed connection.
@@ -125,7 +181,8 @@ impl NatsArgs {
         &self,
         name: &str,
     ) -> Result<(async_nats::Client, Arc<NatsHealth>), ConnectError> {
-        self.connect_with(name, DEFAULT_SUBSCRIPTION_CAPACITY).await
+        self.connect_with(name, self.subscription_capacity.max(1))
+            .await
     }
 
     /// Like [`NatsArgs::connect`] with an explicit per-subscription capacity.
@@ -175,24 +232,26 @@ impl NatsArgs {
             .name(name)
             .subscription_capacity(subscription_capacity)
             .connection_timeout(self.connect_timeout)
+            .custom_inbox_prefix(&self.inbox_prefix)
             .event_callback(move |event| {
                 let h = h.clone();
                 let client_name = client_name.clone();
                 async move { h.record(&client_name, event) }
             });
-        let urls = self
+        // async-nats parses a string as one URL: a cluster's list goes in as a list.
+        let urls: Vec<&str> = self
             .url
             .split(',')
             .map(str::trim)
-            .collect::<Vec<_>>()
-            .join(",");
-        let client = opts
-            .connect(urls.as_str())
-            .await
-            .map_err(|source| ConnectError::Connect {
-                url: redact_url(&urls),
-                source,
-            })?;
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client =
+            opts.connect(urls.as_slice())
+                .await
+                .map_err(|source| ConnectError::Connect {
+                    url: redact_url(&urls.join(",")),
+                    source,
+                })?;
         Ok((client, health))
     }
 }
@@ -230,6 +289,14 @@ impl ConnectError {
     }
 }
 
+/// Whether `p` can prefix inbox subjects: dot-separated non-empty tokens,
+/// no wildcards, no whitespace.
+fn valid_inbox_prefix(p: &str) -> bool {
+    !p.is_empty()
+        && p.split('.')
+            .all(|t| !t.is_empty() && !t.chars().any(|c| c.is_whitespace() || c == '*' || c == '>'))
+}
+
 /// Strips `user:password@` from URLs before they are logged.
 pub fn redact_url(url: &str) -> String {
     url.split(',')
@@ -239,6 +306,62 @@ pub fn redact_url(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Slow-consumer events of every connection of this process.
+static SLOW_CONSUMER_EVENTS: AtomicU64 = AtomicU64::new(0);
+/// When the last slow-consumer warning was logged, and the total then.
+static SLOW_CONSUMER_WARNED: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+
+/// Slow-consumer events (messages async-nats dropped because a subscription's
+/// buffer was full) of every connection this process made through
+/// [`NatsArgs::connect`], since it started. Coordinators report it in
+/// `orch.v1.stats`, workers in their `$SRV.STATS` data.
+pub fn slow_consumer_events() -> u64 {
+    SLOW_CONSUMER_EVENTS.load(Ordering::Relaxed)
+}
+
+/// Counts one slow-consumer event process-wide; returns the drops since the
+/// last warning when a warning is due (the first drop, then at most once per
+/// [`SLOW_CONSUMER_WARN_EVERY`]).
+fn count_slow_consumer() -> (u64, Option<u64>) {
+    let total = SLOW_CONSUMER_EVENTS.fetch_add(1, Ordering::Relaxed) + 1;
+    let Ok(mut last) = SLOW_CONSUMER_WARNED.lock() else {
+        return (total, None);
+    };
+    let now = Instant::now();
+    let due = warning_due(*last, now, total);
+    if due.is_some() {
+        *last = Some((now, total));
+    }
+    (total, due)
+}
+
+/// Whether to warn at `now` with `total` events, given the last warning
+/// (`(when, total then)`): the events since then, or `None` to stay quiet.
+fn warning_due(last: Option<(Instant, u64)>, now: Instant, total: u64) -> Option<u64> {
+    match last {
+        Some((at, _)) if now.duration_since(at) < SLOW_CONSUMER_WARN_EVERY => None,
+        Some((_, then)) => Some(total.saturating_sub(then)),
+        None => Some(total),
+    }
+}
+
+/// `filter` (a `RUST_LOG` / `--log-level` directive list) with async-nats'
+/// own `info` lines held back: it logs every connection event at `info`,
+/// once per dropped message on a slow consumer ("event: slow consumers for
+/// subscription 12"), while [`NatsHealth`] logs the same events with a rate
+/// limit. A filter that names `async_nats`, or asks for `debug`/`trace`, is
+/// left as it is.
+pub fn quiet_nats_events(filter: &str) -> String {
+    let f = filter.trim();
+    if f.contains("async_nats") || f.contains("debug") || f.contains("trace") {
+        f.to_string()
+    } else if f.is_empty() {
+        "info,async_nats=warn".to_string()
+    } else {
+        format!("{f},async_nats=warn")
+    }
 }
 
 /// Connection health counters fed by async-nats' event callback.
@@ -256,14 +379,16 @@ impl NatsHealth {
     fn record(&self, name: &str, event: Event) {
         match event {
             Event::SlowConsumer(sid) => {
-                let n = self.slow_consumer_events.fetch_add(1, Ordering::Relaxed) + 1;
+                self.slow_consumer_events.fetch_add(1, Ordering::Relaxed);
                 // Every drop loses a message: always say so, but rate-limit the noise.
-                if n.is_power_of_two() {
+                let (total, due) = count_slow_consumer();
+                if let Some(since_last_warning) = due {
                     tracing::warn!(
                         client = name,
                         sid,
-                        total = n,
-                        "slow consumer: NATS messages dropped"
+                        total,
+                        since_last_warning,
+                        "slow consumer: NATS messages dropped (a subscription's buffer was full; see --nats-subscription-capacity)"
                     );
                 }
             }
@@ -421,6 +546,84 @@ mod tests {
     fn urls_are_redacted() {
         assert_eq!(redact_url("nats://u:p@host:4222"), "nats://***@host:4222");
         assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
+    }
+
+    #[test]
+    fn slow_consumers_are_counted_and_warned_about_at_most_every_ten_seconds() {
+        let health = NatsHealth::default();
+        let before = slow_consumer_events();
+        for _ in 0..3 {
+            health.record("test", Event::SlowConsumer(7));
+        }
+        assert_eq!(health.slow_consumers(), 3);
+        assert!(slow_consumer_events() >= before + 3);
+
+        let t0 = Instant::now();
+        assert_eq!(warning_due(None, t0, 1), Some(1));
+        let last = Some((t0, 1));
+        assert_eq!(warning_due(last, t0 + Duration::from_secs(1), 500), None);
+        assert_eq!(
+            warning_due(last, t0 + SLOW_CONSUMER_WARN_EVERY, 500),
+            Some(499)
+        );
+    }
+
+    #[test]
+    fn async_nats_event_lines_are_held_back_unless_asked_for() {
+        assert_eq!(quiet_nats_events("info"), "info,async_nats=warn");
+        assert_eq!(quiet_nats_events(""), "info,async_nats=warn");
+        assert_eq!(
+            quiet_nats_events("warn,orch_coordinator=info"),
+            "warn,orch_coordinator=info,async_nats=warn"
+        );
+        for kept in ["trace", "info,orch_worker=debug", "info,async_nats=info"] {
+            assert_eq!(quiet_nats_events(kept), kept);
+        }
+    }
+
+    #[test]
+    fn subscription_capacity_is_checked() {
+        for (capacity, ok) in [(0, false), (1, true), (8192, true), (1 << 25, false)] {
+            let mut a = NatsArgs::plain("nats://x");
+            a.subscription_capacity = capacity;
+            let mut p = Problems::default();
+            a.check(&mut p);
+            assert_eq!(p.is_empty(), ok, "{capacity}: {:?}", p.list());
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let mut a = NatsArgs::plain("nats://u:url-secret@host:4222");
+        a.user = Some("coordinator".into());
+        a.password = Some("hunter2-secret".into());
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(!shown.contains("url-secret"), "{shown}");
+        assert!(
+            shown.contains("coordinator") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn inbox_prefixes_are_checked() {
+        for (prefix, ok) in [
+            ("_INBOX", true),
+            ("_INBOX_coordinator", true),
+            ("_I.vision", true),
+            ("", false),
+            ("_INBOX.>", false),
+            ("a..b", false),
+            ("has space", false),
+            ("_INBOX.", false),
+        ] {
+            let mut a = NatsArgs::plain("nats://x");
+            a.inbox_prefix = prefix.into();
+            let mut p = Problems::default();
+            a.check(&mut p);
+            assert_eq!(p.is_empty(), ok, "{prefix:?}: {:?}", p.list());
+        }
     }
 
     #[test]

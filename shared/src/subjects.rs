@@ -14,6 +14,12 @@
 //! | `orch.v1.results.get`                | clients           | coordinators (queue)     |
 //! | `orch.v1.dead.<task_id>`             | coordinators      | operators (stream `ORCH_DEAD`) |
 //! | `orch.v1.queue.<role>.<slot>`        | coordinators (JetStream) | workers pulling when free (stream `ORCH_WORK`) |
+//! | `<inbox>.<role>.<n>`                 | workers (answers, heartbeats) | the coordinator that sent attempt `n` |
+//!
+//! Attempt replies carry the role as a token of their own (see
+//! [`attempt_reply`]) so that NATS permissions can let a worker answer only
+//! its own role's attempts (`_INBOX_coordinator.*.vision.*`, see
+//! `deploy/nats/permissions.conf`).
 //!
 //! JetStream resources (names are fixed so any client can use them):
 //! streams [`STREAM_TASKS`], [`STREAM_EVENTS`], [`STREAM_DEAD`]; key-value
@@ -90,6 +96,22 @@ pub fn queue_consumer(role: Role, slot: &Slot) -> String {
     format!("orch-{}-{}", role.as_str(), slot.as_str())
 }
 
+/// The reply subject of attempt `n` to a `role` worker, under a coordinator's
+/// inbox `inbox` (from `Client::new_inbox`, e.g. `_INBOX_coordinator.<nuid>`).
+pub fn attempt_reply(inbox: &str, role: Role, n: u64) -> String {
+    format!("{inbox}.{}.{n}", role.as_str())
+}
+
+/// Every attempt reply under `inbox` (the coordinator's one reply subscription).
+pub fn attempt_replies(inbox: &str) -> String {
+    format!("{inbox}.*.*")
+}
+
+/// The attempt number of a subject built by [`attempt_reply`].
+pub fn parse_attempt_reply(subject: &str) -> Option<u64> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
 /// Where coordinators broadcast cancellations for `role`/`slot` (every copy listens).
 pub fn cancel(role: Role, slot: &Slot) -> String {
     format!("{PREFIX}.cancel.{}.{}", role.as_str(), slot.as_str())
@@ -143,6 +165,16 @@ mod tests {
         assert_eq!(s, "orch.v1.work.reasoner.kimi_k2");
         assert_eq!(parse_work(&s), Some((Role::Reasoner, slot)));
         assert_eq!(parse_work("orch.v1.work.nope.x"), None);
+    }
+
+    #[test]
+    fn attempt_replies_name_the_role() {
+        let inbox = "_INBOX_coordinator.abc";
+        let s = attempt_reply(inbox, Role::Vision, 42);
+        assert_eq!(s, "_INBOX_coordinator.abc.vision.42");
+        assert_eq!(parse_attempt_reply(&s), Some(42));
+        assert_eq!(attempt_replies(inbox), "_INBOX_coordinator.abc.*.*");
+        assert_eq!(parse_attempt_reply("_INBOX_coordinator.abc.vision.x"), None);
     }
 
     #[test]

@@ -782,6 +782,11 @@ pub struct StatsReport {
     /// Where the numbers come from: `coordinator:<id>` (this process only) or `shared` (all coordinators).
     #[serde(default)]
     pub scope: String,
+    /// NATS messages the answering coordinator's process dropped since it
+    /// started because a subscription's buffer was full (slow-consumer
+    /// events; each is also logged, rate-limited). Not shared: 0 is healthy.
+    #[serde(default)]
+    pub slow_consumer_events: u64,
 }
 
 #[cfg(test)]

@@ -138,6 +138,19 @@ async fn count_instances(url: &str, role: Role, slot: &str) -> usize {
         .count()
 }
 
+/// Waits until discovery shows at least `count` instances of each service
+/// `name` (`orch-coordinator`, `orch-reasoner`, ...), in-process or not.
+pub async fn wait_for_services(orch: &Orchestrator, wanted: &[(&str, usize)], limit: Duration) {
+    eventually(limit, &format!("services {wanted:?} visible"), || async {
+        let found = orch.workers(Duration::from_millis(300)).await.ok()?;
+        wanted
+            .iter()
+            .all(|(name, count)| found.iter().filter(|s| s.name == *name).count() >= *count)
+            .then_some(())
+    })
+    .await;
+}
+
 /// A coordinator and workers, in-process, plus a client.
 pub struct Fleet {
     /// SDK handle for submitting.

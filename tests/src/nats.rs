@@ -1,6 +1,7 @@
 //! A real `nats-server` per test: ephemeral ports, its own store directory,
 //! killed on drop, restartable on the same port and store, and 3-node
-//! JetStream clusters on loopback.
+//! JetStream clusters on loopback (with helpers to wait for JetStream and to
+//! find a stream's leader, the node a fault drill kills).
 //!
 //! The binary is `$NATS_SERVER_BIN` or `nats-server` on `PATH`; it must be
 //! 2.10 or newer (`.ci/run` installs one).
@@ -314,5 +315,59 @@ impl Cluster {
             .map(NatsServer::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Waits until JetStream works across the cluster: a meta leader is
+    /// elected and a stream replicated on every node can be created (then it
+    /// is deleted). Call before starting a coordinator, whose startup creates
+    /// its streams once.
+    pub async fn wait_for_jetstream(&self) {
+        let client = async_nats::ConnectOptions::new()
+            .name("orch-test-cluster-probe")
+            .connect(self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the cluster {}: {e}", self.urls()));
+        let js = async_nats::jetstream::new(client);
+        let replicas = self.nodes.len();
+        crate::wait::eventually(
+            Duration::from_secs(60),
+            &format!("JetStream ready on all {replicas} nodes"),
+            || {
+                let js = js.clone();
+                async move {
+                    js.create_stream(async_nats::jetstream::stream::Config {
+                        name: "ORCH_TEST_PROBE".into(),
+                        subjects: vec!["orch-test-probe.>".into()],
+                        num_replicas: replicas,
+                        storage: async_nats::jetstream::stream::StorageType::Memory,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                    js.delete_stream("ORCH_TEST_PROBE").await.ok().map(|_| ())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The index of the node named `server_name` (as JetStream reports leaders).
+    pub fn index_of(&self, server_name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.opts.name == server_name)
+    }
+
+    /// The index of the node leading stream `stream` (its RAFT group), once one leads.
+    pub async fn stream_leader(&self, js: &async_nats::jetstream::Context, stream: &str) -> usize {
+        crate::wait::eventually(
+            Duration::from_secs(60),
+            &format!("a leader for stream {stream}"),
+            || async move {
+                let mut s = js.get_stream(stream).await.ok()?;
+                let info = s.info().await.ok()?;
+                let leader = info.cluster.as_ref()?.leader.as_deref()?;
+                self.index_of(leader)
+            },
+        )
+        .await
     }
 }

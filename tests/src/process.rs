@@ -79,6 +79,12 @@ pub struct Proc {
 impl Proc {
     /// Starts binary `name` with `args` and extra environment `env`.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::start_without(name, args, env, &[])
+    }
+
+    /// Like [`Proc::start`], with the variables in `remove` taken out of the
+    /// inherited environment (e.g. API keys, for a test that must run without them).
+    pub fn start_without(name: &str, args: &[&str], env: &[(&str, &str)], remove: &[&str]) -> Proc {
         let dir = tempfile::Builder::new()
             .prefix("orch-proc-")
             .tempdir()
@@ -97,6 +103,9 @@ impl Proc {
                 "RUST_LOG",
                 std::env::var("ORCH_TEST_PROC_LOG").unwrap_or_else(|_| "info".into()),
             );
+        for k in remove {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -197,6 +206,28 @@ impl Drop for Proc {
             eprintln!("{}", self.describe());
         }
     }
+}
+
+/// Starts a coordinator process on `url` (JetStream on) with `extra` flags.
+pub fn coordinator(url: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["--nats-url", url, "--drain-timeout", "10s"];
+    args.extend_from_slice(extra);
+    Proc::start("orch-coordinator", &args, &[])
+}
+
+/// Starts worker binary `bin` (`orch-reasoner`, ...) on `url` with the
+/// simulated provider and `extra` flags (`--slot`, `--sim-latency`, ...).
+pub fn sim_worker(bin: &str, url: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--nats-url",
+        url,
+        "--provider",
+        "sim",
+        "--drain-timeout",
+        "10s",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(bin, &args, &[])
 }
 
 /// Runs a binary to completion (for `--help`, bad-config checks) and returns (status, stdout, stderr).

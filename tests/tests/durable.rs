@@ -2,22 +2,21 @@
 //! event replay, shared stats, cache, large screenshots, dead letters.
 //! Every test runs a real nats-server with file storage.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use nix::sys::signal::Signal;
-use orch_client::{
-    ClientError, ErrorCode, EventKind, Orchestrator, ReplayFrom, SubmitRequest, TaskId,
-};
+use orch_client::{ErrorCode, EventKind, Orchestrator, ReplayFrom, SubmitRequest, TaskId};
 use orch_coordinator::config::DurableConfig;
 use orch_coordinator::{Coordinator, CoordinatorConfig};
 use orch_shared::{Role, subjects};
 use orch_tests::fleet::{Fleet, WorkerSpec};
 use orch_tests::nats::{NatsServer, ServerOptions};
 use orch_tests::process::Proc;
+use orch_tests::tally::{assert_exactly_once, final_events, submit_durable_all};
 use orch_tests::wait::{eventually, within};
 use tokio_util::sync::CancellationToken;
 
@@ -29,30 +28,6 @@ fn reasoner_only(task: &str, id: &str) -> SubmitRequest {
         task_id: Some(id.into()),
         ..SubmitRequest::new(task)
     }
-}
-
-/// Every final event in the event stream, per task id.
-async fn final_events(orch: &Orchestrator) -> BTreeMap<String, usize> {
-    let js = orch.jetstream();
-    let stream = js.get_stream(subjects::STREAM_EVENTS).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subjects: vec![
-                "orch.v1.events.*.action_complete".into(),
-                "orch.v1.events.*.action_failed".into(),
-            ],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut counts = BTreeMap::new();
-    let mut msgs = consumer.messages().await.unwrap();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await
-    {
-        let id = m.subject.split('.').nth(3).unwrap().to_string();
-        *counts.entry(id).or_default() += 1;
-    }
-    counts
 }
 
 #[tokio::test]
@@ -581,56 +556,10 @@ fn coordinator_proc(url: &str, extra: &[&str]) -> Proc {
 }
 
 async fn submit_all(orch: &Orchestrator, prefix: &str, n: usize) -> Vec<TaskId> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let req = reasoner_only(&format!("durable task {i}"), &format!("{prefix}-{i}"));
-        let id = within(T, "durable submit", async {
-            loop {
-                match orch.submit_durable(&req).await {
-                    Ok(id) => return id,
-                    // A client retries a publish that got no acknowledgement (same id: deduplicated).
-                    Err(ClientError::Nats(_)) => {
-                        tokio::time::sleep(Duration::from_millis(200)).await
-                    }
-                    Err(e) => panic!("{e}"),
-                }
-            }
-        })
-        .await;
-        ids.push(id);
-    }
-    ids
-}
-
-async fn assert_exactly_once(orch: &Orchestrator, ids: &[TaskId]) {
-    let mut got = BTreeSet::new();
-    for id in ids {
-        let r = within(
-            Duration::from_secs(120),
-            &format!("result of {id}"),
-            orch.wait_result(id, Duration::from_secs(120)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{id}: {e}"));
-        assert!(r.succeeded(), "{id}: {r:?}");
-        got.insert(r.task_id.clone());
-    }
-    assert_eq!(got.len(), ids.len());
-    let finals = eventually(T, "one final event per task", || async {
-        let f = final_events(orch).await;
-        ids.iter()
-            .all(|id| f.contains_key(id.as_str()))
-            .then_some(f)
-    })
-    .await;
-    for id in ids {
-        assert_eq!(
-            finals.get(id.as_str()),
-            Some(&1),
-            "task {id} has {:?} final events",
-            finals.get(id.as_str())
-        );
-    }
+    let requests = (0..n)
+        .map(|i| reasoner_only(&format!("durable task {i}"), &format!("{prefix}-{i}")))
+        .collect();
+    submit_durable_all(orch, requests).await
 }
 
 #[tokio::test]
@@ -673,7 +602,7 @@ async fn killing_one_of_two_coordinators_mid_load_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     a.signal(Signal::SIGKILL);
     assert!(a.exited(T).await.is_some());
-    assert_exactly_once(&orch, &ids).await;
+    assert_exactly_once(&orch, &ids, Duration::from_secs(120)).await;
     let stats = eventually(T, "stats count every task once", || async {
         let s = orch.stats().await.ok()?;
         (s.total_executions == 60).then_some(s)
@@ -715,7 +644,7 @@ async fn restarting_nats_during_100_durable_tasks_loses_and_doubles_nothing() {
     let ids = submit_all(&orch, "restart", 100).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     nats.restart();
-    assert_exactly_once(&orch, &ids).await;
+    assert_exactly_once(&orch, &ids, Duration::from_secs(120)).await;
 }
 
 #[tokio::test]

@@ -69,7 +69,7 @@ pub struct ResultStore {
     coordinator: String,
 }
 
-fn decode(bytes: &[u8]) -> Result<Result<OrchestratedResult, Pending>, StoreError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Result<OrchestratedResult, Pending>, StoreError> {
     if let Ok(p) = serde_json::from_slice::<Pending>(bytes)
         && p.status == "pending"
     {

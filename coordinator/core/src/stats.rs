@@ -153,19 +153,25 @@ impl Stats {
     /// Adds one finished task.
     pub fn apply(&self, d: &StatsDelta) {
         let Ok(mut s) = self.inner.lock() else { return };
-        s.total += 1;
+        // Deltas are decoded from the events stream: counters saturate rather
+        // than overflow on absurd values (a panic in debug builds, wrapped
+        // totals in release).
+        s.total = s.total.saturating_add(1);
         if d.succeeded {
-            s.successes += 1;
+            s.successes = s.successes.saturating_add(1);
         }
         if d.cached {
-            s.cache_hits += 1;
+            s.cache_hits = s.cache_hits.saturating_add(1);
         }
-        s.confidence_sum_ppm += (d.confidence.clamp(0.0, 1.0) * 1e6).round() as u64;
-        s.time_sum_us += (d.execution_time_ms.max(0.0) * 1000.0).round() as u64;
-        s.conflicts += d.conflicts;
-        s.fallbacks += d.fallbacks;
+        let ppm = (d.confidence.clamp(0.0, 1.0) * 1e6).round() as u64;
+        s.confidence_sum_ppm = s.confidence_sum_ppm.saturating_add(ppm);
+        let us = (d.execution_time_ms.max(0.0) * 1000.0).round() as u64;
+        s.time_sum_us = s.time_sum_us.saturating_add(us);
+        s.conflicts = s.conflicts.saturating_add(d.conflicts);
+        s.fallbacks = s.fallbacks.saturating_add(d.fallbacks);
         for (m, n) in &d.model_usage {
-            *s.model_usage.entry(m.clone()).or_default() += n;
+            let count = s.model_usage.entry(m.clone()).or_default();
+            *count = count.saturating_add(*n);
         }
         for (series, ms) in &d.latency_ms {
             record(&mut s.latency, series, (ms * 1000.0).max(1.0) as u64, 1);
@@ -246,6 +252,8 @@ impl Stats {
                 .collect(),
             in_flight,
             scope: scope.to_string(),
+            // Per process, not per fleet: filled in by the coordinator.
+            slow_consumer_events: 0,
         }
     }
 }
@@ -253,6 +261,33 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_deltas_saturate_instead_of_overflowing() {
+        // Found by the `coordinator.stored` fuzz target: an event whose
+        // `execution_time_ms` was 18446744073709551615, folded twice.
+        let d = StatsDelta {
+            succeeded: true,
+            confidence: f64::MAX,
+            execution_time_ms: 1.8e19,
+            conflicts: u64::MAX,
+            fallbacks: u64::MAX,
+            model_usage: [("m".to_string(), u64::MAX)].into_iter().collect(),
+            latency_ms: vec![("task".into(), f64::MAX)],
+            cached: false,
+        };
+        let stats = Stats::default();
+        stats.apply(&d);
+        stats.apply(&d);
+        let st = stats.state();
+        assert_eq!(
+            (st.total, st.conflicts, st.fallbacks),
+            (2, u64::MAX, u64::MAX)
+        );
+        assert_eq!((st.time_sum_us, st.model_usage["m"]), (u64::MAX, u64::MAX));
+        let r = stats.report(0, "shared");
+        assert!((0.0..=1.0).contains(&r.avg_confidence));
+    }
 
     fn delta(ok: bool, ms: f64) -> StatsDelta {
         StatsDelta {

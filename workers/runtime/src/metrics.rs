@@ -105,6 +105,8 @@ impl WorkerMetrics {
             "rejected": self.rejected.load(Ordering::Relaxed),
             "errors_by_code": errors,
             "typical_latency_ms": self.ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            // NATS messages this process dropped (subscription buffer full).
+            "slow_consumer_events": orch_shared::config::slow_consumer_events(),
         })
     }
 }
