@@ -1,12 +1,15 @@
 //! The `local` provider with the real model (SmolLM2-135M-Instruct Q4_1, as
 //! `deploy/fetch-model.sh` installs it): structured output that validates,
 //! deadlines and cancels that answer at once without losing the model, and a
-//! model process killed mid-job.
+//! model process killed mid-job. Then the fleet end to end as processes
+//! (nats-server, `orch-coordinator`, `orch-reasoner`, `orch-verifier`) on that
+//! model, without API keys: a verified plan, and the default flags answering.
 //!
 //! The model is found through `ORCH_LOCAL_MODEL`, else the fetch script's
-//! default path. The model runs in `orch-llama-child` (the cargo test harness
-//! owns this binary's `main`, so it cannot re-execute itself as workers do);
-//! `cargo test --workspace` builds it.
+//! default path. In-process, the model runs in `orch-llama-child` (the cargo
+//! test harness owns this binary's `main`, so it cannot re-execute itself as
+//! workers do). `cargo test --workspace` builds it and the fleet binaries;
+//! `cargo build --workspace --bins` does before `cargo test -p orch-tests`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -397,4 +400,383 @@ async fn images_are_refused_because_the_model_cannot_see() {
         None,
         "refused before starting a model process"
     );
+}
+
+// ---- The fleet as processes on the real local model ----
+
+/// The default model's id as results and discovery report it (the file's stem).
+const LOCAL_MODEL_ID: &str = "SmolLM2-135M-Instruct-Q4_1";
+/// Longest a whole fleet task may take here: model loads plus a plan, a
+/// possible repair and a verdict on two cores shared with other tests.
+const TASK_LIMIT: Duration = Duration::from_secs(300);
+/// Phase budget for the model phases, so a slow shared machine cannot turn a
+/// working model into a timeout; a real failure still shows as one.
+const MODEL_PHASE_MS: u64 = 240_000;
+/// What a user might have set that would make a worker use anything but the
+/// local model: hosted-model keys and the provider/slot overrides.
+const NOT_LOCAL_ENV: &[&str] = &[
+    "OPENAI_API_KEY",
+    "MOONSHOT_API_KEY",
+    "OPENROUTER_API_KEY",
+    "BRAVE_API_KEY",
+    "TAVILY_API_KEY",
+    "ORCH_PROVIDER",
+    "ORCH_SLOT",
+    "ORCH_OPENAI_API_KEY_ENV",
+    "ORCH_OPENAI_API_KEY_FILE",
+    "ORCH_REASONER_CHAIN",
+    "ORCH_VERIFIER_CHAIN",
+    "ORCH_DEFAULT_TOOLS",
+    "ORCH_VERIFY",
+];
+
+/// Starts `bin` with only `--nats-url` and `extra`, without any API key or
+/// provider override in its environment.
+fn keyless(bin: &str, url: &str, extra: &[&str]) -> orch_tests::process::Proc {
+    let mut args = vec!["--nats-url", url];
+    args.extend_from_slice(extra);
+    orch_tests::process::Proc::start_without(bin, &args, &[], NOT_LOCAL_ENV)
+}
+
+async fn wait_for_services(orch: &orch_client::Orchestrator, names: &[&str]) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("services {names:?} visible"),
+        || async {
+            let found = orch.workers(Duration::from_millis(300)).await.ok()?;
+            names
+                .iter()
+                .all(|n| found.iter().any(|s| s.name == *n))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The plan as the fleet returns it (`primary_answer`, the reasoner's content).
+fn wire_plan_schema(available_tools: &[&str]) -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "steps": {"type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "tool": {"type": "string", "enum": available_tools},
+                    "args": {"type": "object"},
+                    "why": {"type": "string"}
+                },
+                "required": ["tool", "args", "why"],
+                "additionalProperties": false
+            }},
+            "answer": {"type": "string"},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1}
+        },
+        "required": ["steps", "answer", "confidence"],
+        "additionalProperties": false
+    })
+}
+
+/// The verifier's content.
+fn wire_verdict_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "verdict": {"type": "string", "enum": ["approved", "rejected", "uncertain"]},
+            "issues": {"type": "array", "items": {"type": "string"}},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1}
+        },
+        "required": ["verdict", "issues", "confidence"],
+        "additionalProperties": false
+    })
+}
+
+/// Checks one role's outcome from the local slot: either real, schema-valid
+/// output from the local model, or a failure that says so — an
+/// `invalid_output` from the local slot in `error`, `fallback_chain` and
+/// `attempts`, with no content. Returns whether the role succeeded.
+fn assert_local_outcome(
+    r: &orch_client::OrchestratedResult,
+    role: orch_client::Role,
+    schema: &Value,
+    shown: &str,
+) -> bool {
+    let m = r
+        .model_results
+        .get(&role)
+        .unwrap_or_else(|| panic!("no {role} result:\n{shown}"));
+    assert_eq!(m.slot.as_str(), "local", "{role} slot:\n{shown}");
+    let local_attempts: Vec<_> = r
+        .attempts
+        .iter()
+        .filter(|a| a.role == role && a.slot.as_str() == "local")
+        .collect();
+    assert!(
+        !local_attempts.is_empty(),
+        "no {role} attempt on the local slot:\n{shown}"
+    );
+    if m.success {
+        assert_eq!(m.provider, "local", "{role} provider:\n{shown}");
+        assert_eq!(m.model, LOCAL_MODEL_ID, "{role} model:\n{shown}");
+        let mut problems = Vec::new();
+        violations(schema, &m.content, "$", &mut problems);
+        assert!(
+            problems.is_empty(),
+            "{role} content does not follow its schema: {problems:#?}\n{shown}"
+        );
+        let usage = m
+            .usage
+            .unwrap_or_else(|| panic!("{role}: no token usage from the local model:\n{shown}"));
+        assert!(
+            usage.input_tokens > 0 && usage.output_tokens > 0,
+            "{role} usage {usage:?}:\n{shown}"
+        );
+        assert!(
+            r.models_used.iter().any(|u| u == LOCAL_MODEL_ID),
+            "models_used omits the local model:\n{shown}"
+        );
+        assert_eq!(
+            local_attempts.last().map(|a| a.outcome.as_str()),
+            Some("ok")
+        );
+    } else {
+        // The tiny model wrote no valid output even after the repair attempt:
+        // the result must say so rather than pass anything off as an answer.
+        assert_eq!(
+            m.content,
+            Value::Null,
+            "{role} failed with content:\n{shown}"
+        );
+        assert_eq!(
+            m.error_code,
+            Some(orch_client::ErrorCode::InvalidOutput),
+            "{role} failed for a reason other than the model's output:\n{shown}"
+        );
+        let error = m.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains(&format!("{role}/local")) && error.contains("invalid"),
+            "{role} error does not say the local model's output was invalid: {error}\n{shown}"
+        );
+        assert!(
+            r.fallback_chain
+                .iter()
+                .any(|f| f.starts_with(&format!("{role}/local: "))),
+            "fallback_chain does not record the local {role} failure:\n{shown}"
+        );
+        assert_eq!(
+            local_attempts.last().map(|a| a.outcome.as_str()),
+            Some("invalid_output"),
+            "{shown}"
+        );
+    }
+    m.success
+}
+
+/// Asserts everything that follows from the reasoner's outcome and, when it
+/// produced a plan, the verifier's.
+fn assert_local_answer(
+    r: &orch_client::OrchestratedResult,
+    available_tools: &[&str],
+    verify: bool,
+) {
+    use orch_client::Role;
+    let shown = serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{r:?} ({e})"));
+    // Which path a run took (valid output or an honest failure), for `--nocapture`.
+    for (role, m) in &r.model_results {
+        eprintln!(
+            "{role}: success {} {}/{} {:?} {}",
+            m.success,
+            m.provider,
+            m.model,
+            m.usage,
+            m.error.as_deref().unwrap_or(&m.content.to_string())
+        );
+    }
+    let planned = assert_local_outcome(
+        r,
+        Role::Reasoner,
+        &wire_plan_schema(available_tools),
+        &shown,
+    );
+    if !planned {
+        assert_eq!(r.primary_answer, None, "{shown}");
+        assert_eq!(r.confidence, 0.0, "{shown}");
+        assert!(
+            !r.model_results.contains_key(&Role::Verifier),
+            "a verdict without a plan to verify:\n{shown}"
+        );
+        return;
+    }
+    let plan = r
+        .primary_answer
+        .as_ref()
+        .unwrap_or_else(|| panic!("a plan but no primary_answer:\n{shown}"));
+    assert_eq!(
+        Some(plan),
+        r.model_results.get(&Role::Reasoner).map(|m| &m.content),
+        "{shown}"
+    );
+    assert!(
+        plan["answer"]
+            .as_str()
+            .is_some_and(|a| !a.trim().is_empty()),
+        "an empty answer passed validation:\n{shown}"
+    );
+    assert!((0.0..=1.0).contains(&r.confidence), "{shown}");
+    if verify {
+        let verified = assert_local_outcome(r, Role::Verifier, &wire_verdict_schema(), &shown);
+        if verified {
+            let verdict = &r.model_results[&Role::Verifier].content["verdict"];
+            if verdict == "rejected" {
+                // Synthesis: a rejection drops confidence to 0.3 and is a conflict.
+                assert!(r.confidence <= 0.3 + 1e-9, "{shown}");
+                assert!(!r.conflicts.is_empty(), "{shown}");
+            }
+        }
+    } else {
+        assert!(!r.model_results.contains_key(&Role::Verifier), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn a_fleet_of_processes_plans_and_verifies_with_the_local_model() {
+    orch_tests::init_logs();
+    model_path();
+    let nats = orch_tests::nats::NatsServer::start();
+    let url = nats.url();
+    let _procs = [
+        keyless(
+            "orch-coordinator",
+            &url,
+            &["--reasoner-chain", "local", "--verifier-chain", "local"],
+        ),
+        keyless(
+            "orch-reasoner",
+            &url,
+            &["--provider", "local", "--slot", "local"],
+        ),
+        keyless(
+            "orch-verifier",
+            &url,
+            &["--provider", "local", "--slot", "local"],
+        ),
+    ];
+    let orch = within(
+        Duration::from_secs(10),
+        "client connect",
+        orch_client::Orchestrator::connect(&url),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect: {e}"));
+    wait_for_services(
+        &orch,
+        &["orch-coordinator", "orch-reasoner", "orch-verifier"],
+    )
+    .await;
+
+    let tools = ["web_search", "open_page"];
+    let request = orch_client::SubmitRequest {
+        tools: Some(vec!["reasoner".into(), "verifier".into()]),
+        available_tools: tools.iter().map(|t| t.to_string()).collect(),
+        verify: Some(true),
+        timeouts: Some(orch_client::Timeouts {
+            parallel_ms: None,
+            reasoning_ms: Some(MODEL_PHASE_MS),
+            verification_ms: Some(MODEL_PHASE_MS),
+        }),
+        ..orch_client::SubmitRequest::new("Find Python developers on LinkedIn")
+    };
+    let r = within(
+        TASK_LIMIT,
+        "task on the local model",
+        orch.execute(&request),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("submit: {e}"));
+    assert!(
+        r.fallback_chain.iter().all(|f| f.contains("/local: ")),
+        "only the local slots were tried: {:?}",
+        r.fallback_chain
+    );
+    assert_local_answer(&r, &tools, true);
+}
+
+#[tokio::test]
+async fn with_no_api_keys_and_default_flags_the_fleet_answers_with_the_local_model() {
+    orch_tests::init_logs();
+    model_path();
+    let nats = orch_tests::nats::NatsServer::start();
+    let url = nats.url();
+    // No --provider, no --slot, no keys: the workers default to the local model.
+    let _procs = [
+        keyless("orch-coordinator", &url, &[]),
+        keyless("orch-reasoner", &url, &[]),
+        keyless("orch-verifier", &url, &[]),
+    ];
+    let orch = within(
+        Duration::from_secs(10),
+        "client connect",
+        orch_client::Orchestrator::connect(&url),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect: {e}"));
+    wait_for_services(
+        &orch,
+        &["orch-coordinator", "orch-reasoner", "orch-verifier"],
+    )
+    .await;
+    let found = within(
+        Duration::from_secs(10),
+        "discovery",
+        orch.workers(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("discovery: {e}"));
+    for name in ["orch-reasoner", "orch-verifier"] {
+        let w = found
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name} not discovered: {found:?}"));
+        assert_eq!(
+            (w.meta("provider"), w.meta("model"), w.meta("slot")),
+            ("local", LOCAL_MODEL_ID, "local"),
+            "{name} defaults"
+        );
+    }
+
+    // The request sets only budgets (a shared two-core machine is slow); the
+    // tools are the coordinator's defaults (vision, web, reasoner).
+    let tools = ["web_search", "open_page"];
+    let request = orch_client::SubmitRequest {
+        available_tools: tools.iter().map(|t| t.to_string()).collect(),
+        timeouts: Some(orch_client::Timeouts {
+            parallel_ms: None,
+            reasoning_ms: Some(MODEL_PHASE_MS),
+            verification_ms: None,
+        }),
+        ..orch_client::SubmitRequest::new("Find Python developers on LinkedIn")
+    };
+    let r = within(
+        TASK_LIMIT,
+        "task on the local model",
+        orch.execute(&request),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("submit: {e}"));
+    // The default chain tries the hosted slots first; nothing serves them here,
+    // so they fail at once and the local slot answers.
+    let shown = format!("{:#?}", r.fallback_chain);
+    for expected in [
+        "reasoner/kimi_k2: no responders",
+        "reasoner/chatgpt: no responders",
+    ] {
+        assert!(
+            r.fallback_chain.iter().any(|f| f == expected),
+            "{expected} missing: {shown}"
+        );
+    }
+    assert!(
+        r.fallback_chain.iter().any(|f| f.starts_with("web/")),
+        "no web worker runs here, and the result says so: {shown}"
+    );
+    assert_local_answer(&r, &tools, false);
 }

@@ -140,6 +140,13 @@ pub fn stats(s: &StatsReport) -> String {
     let _ = writeln!(o, "conflicts detected    {}", s.conflicts_detected);
     let _ = writeln!(o, "fallbacks triggered   {}", s.fallbacks_triggered);
     let _ = writeln!(o, "in flight             {}", s.in_flight);
+    if s.slow_consumer_events > 0 {
+        let _ = writeln!(
+            o,
+            "slow-consumer drops   {} (NATS messages this coordinator dropped)",
+            s.slow_consumer_events
+        );
+    }
     let _ = writeln!(o, "model usage");
     for (m, n) in &s.model_usage {
         let _ = writeln!(o, "  {m:<30} {n}");

@@ -2,6 +2,12 @@
 //! JetStream (only when none is reachable), the coordinator and the four
 //! workers — with prefixed logs, readiness check and an ordered drain on
 //! Ctrl-C (coordinator first, so running tasks still have workers).
+//!
+//! The default fleet is the real one and needs no API keys: the reasoner and
+//! the verifier run the local GGUF model, vision asks Ollama, web asks the
+//! configured search backend. A backend that is not there (no Ollama, no
+//! SearxNG) fails that role's attempts, which the result's `fallback_chain`
+//! shows; the local model still answers. `--sim` runs the simulator instead.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -18,8 +24,20 @@ use tokio::process::{Child, Command};
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
     /// Use the simulator for every worker (a demo without any model backend).
-    #[arg(long)]
+    #[arg(long, env = "ORCH_UP_SIM")]
     pub sim: bool,
+    /// Vision backend: ollama (minicpm-v at ORCH_OLLAMA_URL, default
+    /// http://127.0.0.1:11434; ORCH_OLLAMA_MODEL picks another model) or openai
+    /// (ORCH_OPENAI_BASE_URL, ORCH_OPENAI_MODEL and its API key variable).
+    #[arg(long, env = "ORCH_UP_VISION_PROVIDER", default_value = "ollama", value_parser = ["ollama", "openai"])]
+    pub vision_provider: String,
+    /// Web search backend: searxng (ORCH_SEARCH_URL, default
+    /// http://127.0.0.1:8888), brave (BRAVE_API_KEY) or tavily (TAVILY_API_KEY).
+    #[arg(long, env = "ORCH_UP_SEARCH", default_value = "searxng", value_parser = ["searxng", "brave", "tavily"])]
+    pub search: String,
+    /// Render fetched pages in headless Chromium (the web worker's --browser).
+    #[arg(long, env = "ORCH_UP_BROWSER")]
+    pub browser: bool,
     /// Verify answers by default.
     #[arg(long)]
     pub verify: bool,
@@ -131,6 +149,43 @@ fn local_port(url: &str) -> Option<u16> {
     port.trim_end_matches('/').parse().ok()
 }
 
+/// The workers to start and their flags. Everything not given here (model
+/// paths, URLs, keys) reaches the workers through the environment they inherit.
+fn worker_plan(a: &UpArgs) -> Vec<(&'static str, Vec<String>)> {
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    if a.sim {
+        return vec![
+            ("orch-vision", args(&["--provider", "sim"])),
+            ("orch-web", args(&["--provider", "sim"])),
+            (
+                "orch-reasoner",
+                args(&["--provider", "sim", "--slot", "kimi_k2"]),
+            ),
+            (
+                "orch-verifier",
+                args(&["--provider", "sim", "--slot", "chatgpt"]),
+            ),
+        ];
+    }
+    let mut web = args(&["--provider", &a.search]);
+    if a.browser {
+        web.push("--browser".into());
+    }
+    vec![
+        ("orch-vision", args(&["--provider", &a.vision_provider])),
+        ("orch-web", web),
+        // The local model needs no key; it serves the last slot of both default chains.
+        (
+            "orch-reasoner",
+            args(&["--provider", "local", "--slot", "local"]),
+        ),
+        (
+            "orch-verifier",
+            args(&["--provider", "local", "--slot", "local"]),
+        ),
+    ]
+}
+
 /// Runs the fleet until Ctrl-C/SIGTERM.
 pub async fn run(nats: &NatsArgs, a: UpArgs) -> anyhow::Result<ExitCode> {
     let url = nats.url.clone();
@@ -172,41 +227,12 @@ pub async fn run(nats: &NatsArgs, a: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let provider = |real: &[&str], sim: &[&str]| -> Vec<String> {
-        if a.sim { sim } else { real }
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    };
     let mut coordinator_args = Vec::new();
     if a.verify {
         coordinator_args.push("--verify".to_string());
     }
-    let plan: Vec<(&'static str, Vec<String>)> = vec![
-        (
-            "orch-vision",
-            provider(&["--provider", "ollama"], &["--provider", "sim"]),
-        ),
-        (
-            "orch-web",
-            provider(&["--provider", "searxng"], &["--provider", "sim"]),
-        ),
-        (
-            "orch-reasoner",
-            provider(
-                &["--provider", "local", "--slot", "local"],
-                &["--provider", "sim", "--slot", "kimi_k2"],
-            ),
-        ),
-        (
-            "orch-verifier",
-            provider(
-                &["--provider", "local", "--slot", "local"],
-                &["--provider", "sim", "--slot", "chatgpt"],
-            ),
-        ),
-        ("orch-coordinator", coordinator_args),
-    ];
+    let mut plan = worker_plan(&a);
+    plan.push(("orch-coordinator", coordinator_args));
     for (bin, args) in &plan {
         members.push(spawn(
             bin.trim_start_matches("orch-"),
@@ -237,13 +263,20 @@ pub async fn run(nats: &NatsArgs, a: UpArgs) -> anyhow::Result<ExitCode> {
         if missing.is_empty() {
             break true;
         }
-        for m in members.iter_mut() {
-            if let Ok(Some(status)) = m.child.try_wait() {
-                eprintln!(
-                    "orch up: {} exited early ({status}); see its log lines above",
-                    m.name
-                );
-            }
+        // A member that exited will not become ready: stop now, not at the timeout.
+        let exited: Vec<String> = members
+            .iter_mut()
+            .filter_map(|m| match m.child.try_wait() {
+                Ok(Some(status)) => Some(format!("{} ({status})", m.name)),
+                _ => None,
+            })
+            .collect();
+        if !exited.is_empty() {
+            eprintln!(
+                "orch up: {} exited early; see the log lines above",
+                exited.join(", ")
+            );
+            break false;
         }
         if start.elapsed() > a.ready_timeout || shutdown.is_cancelled() {
             eprintln!(
@@ -303,4 +336,59 @@ pub async fn run(nats: &NatsArgs, a: UpArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn plan(args: &[&str]) -> Vec<(&'static str, String)> {
+        let cli = Cli::try_parse_from(std::iter::once("up").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        worker_plan(&cli.up)
+            .into_iter()
+            .map(|(bin, a)| (bin, a.join(" ")))
+            .collect()
+    }
+
+    #[test]
+    fn the_default_fleet_is_real_and_needs_no_keys() {
+        assert_eq!(
+            plan(&[]),
+            vec![
+                ("orch-vision", "--provider ollama".into()),
+                ("orch-web", "--provider searxng".into()),
+                ("orch-reasoner", "--provider local --slot local".into()),
+                ("orch-verifier", "--provider local --slot local".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn backends_are_chosen_by_flags_and_sim_replaces_them_all() {
+        let p = plan(&[
+            "--search",
+            "brave",
+            "--browser",
+            "--vision-provider",
+            "openai",
+        ]);
+        assert_eq!(p[0], ("orch-vision", "--provider openai".into()));
+        assert_eq!(p[1], ("orch-web", "--provider brave --browser".into()));
+        assert_eq!(p[2].1, "--provider local --slot local");
+        let p = plan(&["--sim", "--search", "tavily"]);
+        assert!(
+            p.iter().all(|(_, a)| a.starts_with("--provider sim")),
+            "{p:?}"
+        );
+        assert!(Cli::try_parse_from(["up", "--search", "google"]).is_err());
+    }
 }

@@ -32,7 +32,7 @@ impl Bounds {
 }
 
 /// Sized so a plan (an answer and up to four steps of tool, arguments and
-/// reason) typically fits the default 384-token cap: a small model otherwise
+/// reason) fits the default 768-token cap: a small model otherwise
 /// fills strings and lists with repetitions until the cap cuts the JSON off.
 pub const DEFAULT_BOUNDS: Bounds = Bounds {
     max_string_chars: 120,
