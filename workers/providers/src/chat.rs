@@ -101,6 +101,14 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// A broken or malformed reply stream (no HTTP status to report).
+    pub fn stream(message: String) -> ProviderError {
+        ProviderError::Upstream {
+            status: None,
+            message,
+        }
+    }
+
     /// The wire error code.
     pub fn code(&self) -> ErrorCode {
         match self {

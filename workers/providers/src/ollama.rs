@@ -219,10 +219,14 @@ impl OllamaChat {
         let mut ended = false;
         while !answer.is_done() && !ended {
             let batch = match timer.next_chunk(&mut resp).await? {
-                Some(chunk) => lines.push(&chunk).map_err(stream_error)?,
+                Some(chunk) => lines.push(&chunk).map_err(ProviderError::stream)?,
                 None => {
                     ended = true;
-                    lines.finish().map_err(stream_error)?.into_iter().collect()
+                    lines
+                        .finish()
+                        .map_err(ProviderError::stream)?
+                        .into_iter()
+                        .collect()
                 }
             };
             for raw in batch {
@@ -236,13 +240,6 @@ impl OllamaChat {
             }
         }
         answer.finish(&self.cfg.model)
-    }
-}
-
-fn stream_error(message: String) -> ProviderError {
-    ProviderError::Upstream {
-        status: None,
-        message,
     }
 }
 
@@ -310,14 +307,14 @@ impl StreamedReply {
     /// answer longer than [`MAX_TEXT_BYTES`].
     pub fn push(&mut self, raw: &str) -> Result<bool, ProviderError> {
         let line: Line = serde_json::from_str(raw).map_err(|e| {
-            stream_error(format!(
+            ProviderError::stream(format!(
                 "malformed stream line ({}): {}",
                 http::bounded(&e.to_string()),
                 http::bounded(raw)
             ))
         })?;
         if let Some(err) = line.error {
-            return Err(stream_error(format!(
+            return Err(ProviderError::stream(format!(
                 "the server reported an error mid-stream: {}",
                 http::bounded(&err)
             )));
@@ -329,7 +326,7 @@ impl StreamedReply {
             self.text.push_str(&m.content);
         }
         if self.text.len() > MAX_TEXT_BYTES {
-            return Err(stream_error(format!(
+            return Err(ProviderError::stream(format!(
                 "the streamed answer exceeds {MAX_TEXT_BYTES} bytes"
             )));
         }
@@ -348,7 +345,7 @@ impl StreamedReply {
     /// `Upstream` when the final line never came.
     pub fn finish(self, default_model: &str) -> Result<ChatResponse, ProviderError> {
         let Some(usage) = self.usage else {
-            return Err(stream_error(format!(
+            return Err(ProviderError::stream(format!(
                 "the stream ended before the final \"done\": true line ({} bytes of content received)",
                 self.text.len()
             )));

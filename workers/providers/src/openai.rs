@@ -361,12 +361,12 @@ impl OpenAiChat {
         let mut ended = false;
         while !answer.is_done() && !ended {
             let events = match timer.next_chunk(&mut resp).await? {
-                Some(chunk) => decoder.push(&chunk).map_err(stream_error)?,
+                Some(chunk) => decoder.push(&chunk).map_err(ProviderError::stream)?,
                 None => {
                     ended = true;
                     decoder
                         .finish()
-                        .map_err(stream_error)?
+                        .map_err(ProviderError::stream)?
                         .into_iter()
                         .collect()
                 }
@@ -379,13 +379,6 @@ impl OpenAiChat {
             }
         }
         answer.finish(&self.cfg.model)
-    }
-}
-
-fn stream_error(message: String) -> ProviderError {
-    ProviderError::Upstream {
-        status: None,
-        message,
     }
 }
 
@@ -483,20 +476,20 @@ impl StreamedCompletion {
             return Ok(true);
         }
         let v: Value = serde_json::from_str(data).map_err(|e| {
-            stream_error(format!(
+            ProviderError::stream(format!(
                 "malformed stream chunk ({e}): {}",
                 http::bounded(&scrub(data))
             ))
         })?;
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
             let info = ErrorInfo::parse(json!({ "error": err }).to_string().as_bytes());
-            return Err(stream_error(format!(
+            return Err(ProviderError::stream(format!(
                 "the server reported an error mid-stream: {}",
                 http::bounded(&scrub(&info.message))
             )));
         }
         let chunk: StreamChunk = serde_json::from_value(v).map_err(|e| {
-            stream_error(format!(
+            ProviderError::stream(format!(
                 "malformed stream chunk: {}",
                 http::bounded(&scrub(&e.to_string()))
             ))
@@ -514,7 +507,7 @@ impl StreamedCompletion {
             }
         }
         if self.text.len() > MAX_TEXT_BYTES {
-            return Err(stream_error(format!(
+            return Err(ProviderError::stream(format!(
                 "the streamed answer exceeds {MAX_TEXT_BYTES} bytes"
             )));
         }
@@ -527,7 +520,7 @@ impl StreamedCompletion {
     /// `Upstream` when `[DONE]` never came, `InvalidOutput` for a refusal.
     pub fn finish(self, default_model: &str) -> Result<ChatResponse, ProviderError> {
         if !self.done {
-            return Err(stream_error(format!(
+            return Err(ProviderError::stream(format!(
                 "the stream ended before [DONE] ({} bytes of content received)",
                 self.text.len()
             )));
