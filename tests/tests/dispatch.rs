@@ -61,8 +61,23 @@ async fn a_free_fast_worker_is_preferred_over_a_slow_one() {
         vec![gpu("fast", 20), gpu("slow", 200)],
     )
     .await;
-    // Warm up: let each worker measure itself (the slow one gets work while unmeasured).
-    let _ = served_by(&fleet, 0..6).await;
+    // Warm up until each worker has measured itself: an unmeasured copy pulls
+    // first (so a new worker is tried at once), and the slow one starts
+    // pulling only once it has found the queue stream the coordinator made.
+    let mut seen = BTreeMap::new();
+    for i in 0..50 {
+        for (model, n) in served_by(&fleet, i..i + 1).await {
+            *seen.entry(model).or_insert(0) += n;
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both workers took work while unmeasured: {seen:?}"
+    );
     let by = served_by(&fleet, 100..120).await;
     assert_eq!(
         by.get("fast"),

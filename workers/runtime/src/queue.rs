@@ -126,14 +126,17 @@ pub(crate) async fn run(shared: Arc<Shared>, tracker: TaskTracker, stop: Cancell
                 tracing::warn!(error = %e, consumer = %name, "refreshing the pull consumer failed");
             }
         }
+        // Registered before looking, so a slot freed in between still wakes us.
+        let freed = shared.permit_freed.notified();
         let free = shared.permits.available_permits().min(MAX_PULL);
         if free == 0 {
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = shared.permit_freed.notified() => continue,
+                () = freed => continue,
                 () = tokio::time::sleep(Duration::from_millis(50)) => continue,
             }
         }
+        drop(freed);
         let mut pull = serde_json::json!({
             "batch": free,
             "expires": PULL_EXPIRES.as_nanos() as u64,
@@ -218,6 +221,10 @@ async fn take(
             reply,
             published,
         },
+        // The slot this pull was sized by; taken now, so the loop's next pull
+        // already counts it. (None when a request/reply job took it meanwhile:
+        // the job then waits for a slot like any other.)
+        permit: shared.permits.clone().try_acquire_owned().ok(),
     };
     if refuse {
         let enc = Encoding::from_headers(job.message().headers.as_ref()).unwrap_or_default();

@@ -24,7 +24,7 @@ use futures::StreamExt as _;
 use orch_shared::codec::{Encoding, header_safe};
 use orch_shared::wire::{ObjectRef, WorkReply, WorkRequest};
 use orch_shared::{ErrorCode, Role, Slot, headers, subjects};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -106,7 +106,7 @@ pub(crate) struct Shared {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) cfg: ServeConfig,
     pub(crate) metrics: Arc<WorkerMetrics>,
-    pub(crate) permits: Semaphore,
+    pub(crate) permits: Arc<Semaphore>,
     /// Notified whenever a job ends (the pull loop waits for a free slot on it).
     pub(crate) permit_freed: tokio::sync::Notify,
     /// Notified when the pull loop has queued a new pull request.
@@ -188,7 +188,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         client: client.clone(),
         handler,
-        permits: Semaphore::new(cfg.concurrency),
+        permits: Arc::new(Semaphore::new(cfg.concurrency)),
         permit_freed: tokio::sync::Notify::new(),
         pull_issued: tokio::sync::Notify::new(),
         cfg,
@@ -224,7 +224,7 @@ pub async fn serve(
                 }
             }
             next = endpoint.next() => match next {
-                Some(request) => accept(&shared, &tracker, Job { origin: Origin::Micro(request) }).await,
+                Some(request) => accept(&shared, &tracker, Job { origin: Origin::Micro(request), permit: None }).await,
                 None => { unexpected_end = true; break; }
             }
         }
@@ -248,6 +248,7 @@ pub async fn serve(
         let err = WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down");
         let job = Job {
             origin: Origin::Micro(request),
+            permit: None,
         };
         respond_err(&shared, &job, enc, &err, true).await;
     }
@@ -308,6 +309,10 @@ pub(crate) enum Origin {
 /// One unit of work and how to answer it.
 pub(crate) struct Job {
     pub(crate) origin: Origin,
+    /// A concurrency slot taken when the job was pulled, so the pull loop
+    /// never asks for more than the worker's free slots (else it holds the
+    /// job from elsewhere).
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Job {
@@ -422,8 +427,10 @@ pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job
     tracker.spawn(
         async move {
             let in_flight = crate::telemetry::InFlight::enter(role, &shared.cfg.slot);
+            let mut job = job;
+            let permit = job.permit.take();
             let received = job.received(Instant::now());
-            let result = run_job(&shared, &job, enc, received).await;
+            let result = run_job(&shared, &job, enc, received, permit).await;
             in_flight.finished(
                 &job_span,
                 received.elapsed(),
@@ -477,9 +484,13 @@ async fn run_job(
     job: &Job,
     enc: Encoding,
     received: Instant,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Result<WorkReply, WorkError> {
     let budget = job_budget(job.header(headers::ORCH_BUDGET_MS), &shared.cfg)?;
-    let deadline = received + budget;
+    // A budget beyond what `Instant` can represent is as good as none.
+    let deadline = received
+        .checked_add(budget)
+        .unwrap_or_else(|| received + Duration::from_secs(86_400 * 365));
     if deadline <= Instant::now() {
         return Err(WorkError::timed_out(
             "the budget ran out while the job was queued",
@@ -505,11 +516,13 @@ async fn run_job(
     let task_id = work.task_id.clone();
     let started = Instant::now();
     let work_future = async {
-        let _permit = shared
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down"))?;
+        let _permit =
+            match permit {
+                Some(p) => p,
+                None => shared.permits.clone().acquire_owned().await.map_err(|_| {
+                    WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down")
+                })?,
+            };
         shared.metrics.running.fetch_add(1, Ordering::Relaxed);
         let _running = RunningGuard(&shared.metrics);
         if work.screenshot.is_none()
