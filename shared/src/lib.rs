@@ -26,4 +26,8 @@ mod fuzz;
 pub use blob::Blob;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{Slot, TaskId};
+/// The allocator every orch binary installs (`#[global_allocator]` in its
+/// `main.rs`): mimalloc's per-thread heaps instead of glibc's locked arenas,
+/// which many small short-lived allocations across tokio threads contend on.
+pub use mimalloc::MiMalloc as Allocator;
 pub use role::Role;

@@ -49,6 +49,9 @@ enum Command {
     Schemas(cmd::SchemasArgs),
 }
 
+#[global_allocator]
+static ALLOC: orch_shared::Allocator = orch_shared::Allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_args();

@@ -9,6 +9,9 @@ use orch_shared::{shutdown, telemetry};
 
 const NAME: &str = "orch-coordinator";
 
+#[global_allocator]
+static ALLOC: orch_shared::Allocator = orch_shared::Allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: CoordinatorArgs = parse_args();

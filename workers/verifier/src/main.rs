@@ -53,6 +53,9 @@ fn main() -> ExitCode {
     run()
 }
 
+#[global_allocator]
+static ALLOC: orch_shared::Allocator = orch_shared::Allocator;
+
 #[tokio::main]
 async fn run() -> ExitCode {
     let cli: Cli = parse_args();

@@ -40,6 +40,9 @@ struct Cli {
     sim: SimArgs,
 }
 
+#[global_allocator]
+static ALLOC: orch_shared::Allocator = orch_shared::Allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_args();

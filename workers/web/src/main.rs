@@ -23,6 +23,9 @@ struct Cli {
     web: WebArgs,
 }
 
+#[global_allocator]
+static ALLOC: orch_shared::Allocator = orch_shared::Allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_args();
