@@ -94,12 +94,26 @@ pub async fn run(url: &str, quick: bool, report: &mut Report) -> anyhow::Result<
     let payload = Encoding::Json.encode(&req)?;
     let inbox = client.new_inbox();
     let _replies = client.subscribe(format!("{inbox}.*")).await?;
-    for i in 0..n {
-        client
-            .publish_with_reply(subjects::SUBMIT, format!("{inbox}.{i}"), payload.clone())
-            .await?;
+    // In chunks, each admitted before the next: a burst larger than the
+    // coordinator's subscription buffer would be dropped as a slow consumer
+    // (counted in its stats), and this measures holding tasks, not bursts.
+    const CHUNK: usize = 1000;
+    for first in (0..n).step_by(CHUNK) {
+        let last = (first + CHUNK).min(n);
+        for i in first..last {
+            client
+                .publish_with_reply(subjects::SUBMIT, format!("{inbox}.{i}"), payload.clone())
+                .await?;
+        }
+        client.flush().await?;
+        let start = Instant::now();
+        while (orch.stats().await?.in_flight as usize) < last {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("tasks {first}..{last} were not admitted within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    client.flush().await?;
     let start = Instant::now();
     let in_flight = loop {
         let s = orch.stats().await?;

@@ -10,7 +10,8 @@
 //!   reasoning, verification).
 //! - p1: 4-phase task p50 at concurrency 1 ÷ floor p50 (target ≤ 1.5).
 //! - p2: 4-phase tasks/s at the best of the configured concurrencies, events on
-//!   (target ≥ 10,000).
+//!   (target ≥ 10,000), beside the throughput floor: chains of 4 raw
+//!   request/replies per second at the same concurrency (`p2_floor_ratio`).
 //!
 //! Floor and task samples are interleaved in blocks so machine noise hits both.
 //! Output: a table, then (with `--json`) one JSON object as the last line; CSV
@@ -389,6 +390,35 @@ async fn throughput(rig: &Rig, concurrency: usize, tasks: usize) -> Throughput {
     }
 }
 
+/// The throughput floor: chains of 4 sequential raw request/replies (the
+/// floor of one task) per second at `concurrency`, through the same server.
+async fn floor_throughput(rig: &Rig, concurrency: usize, chains: usize) -> f64 {
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let payload = Bytes::from(vec![b'x'; 256]);
+    let start = Instant::now();
+    let mut joins = Vec::new();
+    for _ in 0..concurrency {
+        let (echo, next, done, payload) = (
+            rig.echo.clone(),
+            next.clone(),
+            done.clone(),
+            payload.clone(),
+        );
+        joins.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < chains {
+                if floor_sample(&echo, &payload).await.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for j in joins {
+        let _ = j.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
 pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -517,6 +547,7 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
 
     let mut best: f64 = 0.0;
     let mut best_c = 0;
+    let mut best_floor: f64 = 0.0;
     for &c in &a.concurrency {
         let tasks = if c == 1 { a.samples.max(100) } else { a.tasks };
         let r = throughput(&rig, c, tasks).await;
@@ -524,6 +555,17 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
             best = r.per_s;
             best_c = c;
         }
+        let floor = floor_throughput(&rig, c, tasks).await;
+        if c > 1 && floor > best_floor {
+            best_floor = floor;
+        }
+        report.row(
+            format!("floor: 4 raw request/replies, concurrency {c}"),
+            None,
+            None,
+            Some(floor),
+            "chains/s",
+        );
         report.row(
             format!("p2: 4-phase tasks, concurrency {c} ({tasks} tasks)"),
             Some(r.p50_ms),
@@ -540,6 +582,18 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
     rig.coordinator.shutdown();
     report.figure("p1_overhead_ratio", ratio, "target <= 1.5");
     report.figure("p2_tasks_per_s", best, "target >= 10000");
+    report.figure(
+        "p2_floor_chains_per_s",
+        best_floor,
+        "raw NATS: 4 sequential request/replies per chain, best concurrency",
+    );
+    if best_floor > 0.0 {
+        report.figure(
+            "p2_floor_ratio",
+            best / best_floor,
+            "tasks/s / floor chains/s",
+        );
+    }
     report
         .figures
         .insert("p2_best_concurrency".into(), json!(best_c));
