@@ -140,7 +140,6 @@ pub struct Pipeline {
 /// The outcome of one role down its chain.
 struct RoleRun {
     result: ModelResult,
-    reply_content: Option<Value>,
     attempts: Vec<(f64, Attempt)>,
     failures: Vec<(f64, String)>,
 }
@@ -452,7 +451,7 @@ impl Pipeline {
                                     provider: reply.provider,
                                     model: reply.model,
                                     success: true,
-                                    content: reply.content.clone(),
+                                    content: reply.content,
                                     error: None,
                                     error_code: None,
                                     latency_ms: finished.duration_since(role_started).as_secs_f64()
@@ -461,7 +460,6 @@ impl Pipeline {
                                     started_ms: offset(role_started),
                                     finished_ms: offset(finished),
                                 },
-                                reply_content: Some(reply.content),
                                 attempts: run.attempts,
                                 failures: run.failures,
                             };
@@ -772,7 +770,6 @@ impl Pipeline {
                 started_ms: offset(role_started),
                 finished_ms: offset(finished),
             },
-            reply_content: None,
             attempts: run.attempts,
             failures: run.failures,
         }
@@ -862,9 +859,7 @@ impl ChainLog {
 /// Checks that a reply's content has the role's shape; anything else is a failed attempt.
 pub(crate) fn validate(role: Role, reply: WorkReply) -> Result<WorkReply, AttemptError> {
     fn check<T: DeserializeOwned>(v: &Value) -> Result<(), String> {
-        serde_json::from_value::<T>(v.clone())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        T::deserialize(v).map(|_| ()).map_err(|e| e.to_string())
     }
     let r = match role {
         Role::Vision => check::<VisionAnalysis>(&reply.content),
@@ -878,9 +873,10 @@ pub(crate) fn validate(role: Role, reply: WorkReply) -> Result<WorkReply, Attemp
 }
 
 fn parsed<T: DeserializeOwned>(runs: &BTreeMap<Role, RoleRun>, role: Role) -> Option<T> {
+    // Read in place: the content stays in the result, parsed without a copy.
     runs.get(&role)
-        .and_then(|r| r.reply_content.as_ref())
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .filter(|r| r.result.success)
+        .and_then(|r| T::deserialize(&r.result.content).ok())
 }
 
 fn assemble(

@@ -430,7 +430,9 @@ pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job
             let mut job = job;
             let permit = job.permit.take();
             let received = job.received(Instant::now());
-            let result = run_job(&shared, &job, enc, received, permit).await;
+            // Boxed: the spawned task stays small, so spawning moves a few
+            // words instead of the whole job state machine.
+            let result = Box::pin(run_job(&shared, &job, enc, received, permit)).await;
             in_flight.finished(
                 &job_span,
                 received.elapsed(),
