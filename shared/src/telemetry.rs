@@ -260,6 +260,9 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
+        // Busy/idle time attributes cost a clock read on every poll of every
+        // instrumented future; spans keep their start and end times anyway.
+        .with_tracked_inactivity(false)
         .with_filter(otel_targets);
 
     if tracing_subscriber::registry()
