@@ -12,6 +12,7 @@ use orch_worker::sim::{SimArgs, SimHandler};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::process::Proc;
 use crate::wait::{eventually, within};
 
 /// One worker to start.
@@ -138,17 +139,45 @@ async fn count_instances(url: &str, role: Role, slot: &str) -> usize {
         .count()
 }
 
+/// One of each fleet binary, as [`wait_for_services`] wants them.
+pub const FLEET: [(&str, usize); 5] = [
+    ("orch-coordinator", 1),
+    ("orch-vision", 1),
+    ("orch-web", 1),
+    ("orch-reasoner", 1),
+    ("orch-verifier", 1),
+];
+
 /// Waits until discovery shows at least `count` instances of each service
-/// `name` (`orch-coordinator`, `orch-reasoner`, ...), in-process or not.
-pub async fn wait_for_services(orch: &Orchestrator, wanted: &[(&str, usize)], limit: Duration) {
-    eventually(limit, &format!("services {wanted:?} visible"), || async {
-        let found = orch.workers(Duration::from_millis(300)).await.ok()?;
-        wanted
-            .iter()
-            .all(|(name, count)| found.iter().filter(|s| s.name == *name).count() >= *count)
-            .then_some(())
-    })
-    .await;
+/// `name` (`orch-coordinator`, `orch-reasoner`, ...), in-process or not. On
+/// timeout it panics with the output of `procs` (the processes expected to
+/// come up; none for in-process services).
+pub async fn wait_for_services<'a>(
+    orch: &Orchestrator,
+    wanted: &[(&str, usize)],
+    limit: Duration,
+    procs: impl IntoIterator<Item = &'a Proc>,
+) {
+    let visible = async {
+        let mut delay = Duration::from_millis(20);
+        loop {
+            if let Ok(found) = orch.workers(Duration::from_millis(300)).await
+                && wanted
+                    .iter()
+                    .all(|(name, count)| found.iter().filter(|s| s.name == *name).count() >= *count)
+            {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    };
+    if tokio::time::timeout(limit, visible).await.is_err() {
+        panic!(
+            "services {wanted:?} not visible within {limit:?}\n{}",
+            crate::process::describe_all(procs)
+        );
+    }
 }
 
 /// A coordinator and workers, in-process, plus a client.

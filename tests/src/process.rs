@@ -198,6 +198,15 @@ impl Proc {
     }
 }
 
+/// Every process's command line and output, for a failing test's message.
+pub fn describe_all<'a>(procs: impl IntoIterator<Item = &'a Proc>) -> String {
+    procs
+        .into_iter()
+        .map(Proc::describe)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let was_running = self.child.is_some();

@@ -16,7 +16,7 @@ use orch_client::{Orchestrator, Role, SubmitRequest};
 use orch_shared::subjects;
 use orch_tests::fleet::wait_for_services;
 use orch_tests::nats::{Cluster, NatsServer};
-use orch_tests::process::{Proc, coordinator, sim_worker};
+use orch_tests::process::{coordinator, describe_all, sim_worker};
 use orch_tests::tally::{Announcements, assert_exactly_once, submit_durable_all};
 use orch_tests::wait::{eventually, within};
 
@@ -28,14 +28,6 @@ fn reasoner_task(id: &str) -> SubmitRequest {
         task_id: Some(id.into()),
         ..SubmitRequest::new(format!("drill task {id}"))
     }
-}
-
-fn describe(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| p.describe())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Jobs accepted and not yet answered by each live `orch-reasoner`, per instance.
@@ -81,7 +73,13 @@ async fn kill_9_of_a_worker_with_100_tasks_in_flight_completes_all_exactly_once(
     let mut doomed = worker();
     let survivor = worker();
     let orch = Orchestrator::connect(&url).await.unwrap();
-    wait_for_services(&orch, &[("orch-coordinator", 1), ("orch-reasoner", 2)], T).await;
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", 1), ("orch-reasoner", 2)],
+        T,
+        [&coord, &doomed, &survivor],
+    )
+    .await;
     let announced = Announcements::watch(orch.nats()).await;
 
     let n = 100;
@@ -172,7 +170,13 @@ async fn losing_a_node_of_a_3_node_cluster_under_load_loses_no_task() {
         ],
     );
     let orch = Orchestrator::connect(&urls).await.unwrap();
-    wait_for_services(&orch, &[("orch-coordinator", 1), ("orch-reasoner", 1)], T).await;
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", 1), ("orch-reasoner", 1)],
+        T,
+        [&coord, &worker],
+    )
+    .await;
     let announced = Announcements::watch(orch.nats()).await;
 
     // 16 jobs at a time of 200 ms each: ~80 tasks/s at best, so 200 tasks
@@ -227,13 +231,19 @@ async fn slow_consumers_are_logged_and_counted_in_stats() {
     web_args.extend_from_slice(&tiny);
     let web = sim_worker("orch-web", &url, &web_args);
     let orch = Orchestrator::connect(&url).await.unwrap();
-    wait_for_services(&orch, &[("orch-coordinator", 1), ("orch-web", 1)], T).await;
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", 1), ("orch-web", 1)],
+        T,
+        [&coord, &web],
+    )
+    .await;
     let before = within(T, "stats", orch.stats()).await.unwrap();
     assert_eq!(
         before.slow_consumer_events,
         0,
         "{before:?}\n{}",
-        describe(&[&coord, &web])
+        describe_all([&coord, &web])
     );
 
     // Fire-and-forget stats requests (no reply subject, so the coordinator

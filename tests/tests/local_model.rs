@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use orch_llama::{LocalConfig, LocalModel};
 use orch_providers::chat::{ChatModel, ChatRequest, OutputSchema, ProviderError};
+use orch_tests::fleet::wait_for_services;
 use orch_tests::process::{binary, signal};
 use orch_tests::wait::{eventually, within};
 use orch_worker::JobContext;
@@ -438,21 +439,6 @@ fn keyless(bin: &str, url: &str, extra: &[&str]) -> orch_tests::process::Proc {
     orch_tests::process::Proc::start_without(bin, &args, &[], NOT_LOCAL_ENV)
 }
 
-async fn wait_for_services(orch: &orch_client::Orchestrator, names: &[&str]) {
-    eventually(
-        Duration::from_secs(60),
-        &format!("services {names:?} visible"),
-        || async {
-            let found = orch.workers(Duration::from_millis(300)).await.ok()?;
-            names
-                .iter()
-                .all(|n| found.iter().any(|s| s.name == *n))
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 /// The plan as the fleet returns it (`primary_answer`, the reasoner's content).
 fn wire_plan_schema(available_tools: &[&str]) -> Value {
     json!({
@@ -643,7 +629,7 @@ async fn a_fleet_of_processes_plans_and_verifies_with_the_local_model() {
     model_path();
     let nats = orch_tests::nats::NatsServer::start();
     let url = nats.url();
-    let _procs = [
+    let procs = [
         keyless(
             "orch-coordinator",
             &url,
@@ -669,7 +655,13 @@ async fn a_fleet_of_processes_plans_and_verifies_with_the_local_model() {
     .unwrap_or_else(|e| panic!("connect: {e}"));
     wait_for_services(
         &orch,
-        &["orch-coordinator", "orch-reasoner", "orch-verifier"],
+        &[
+            ("orch-coordinator", 1),
+            ("orch-reasoner", 1),
+            ("orch-verifier", 1),
+        ],
+        Duration::from_secs(60),
+        &procs,
     )
     .await;
 
@@ -707,7 +699,7 @@ async fn with_no_api_keys_and_default_flags_the_fleet_answers_with_the_local_mod
     let nats = orch_tests::nats::NatsServer::start();
     let url = nats.url();
     // No --provider, no --slot, no keys: the workers default to the local model.
-    let _procs = [
+    let procs = [
         keyless("orch-coordinator", &url, &[]),
         keyless("orch-reasoner", &url, &[]),
         keyless("orch-verifier", &url, &[]),
@@ -721,7 +713,13 @@ async fn with_no_api_keys_and_default_flags_the_fleet_answers_with_the_local_mod
     .unwrap_or_else(|e| panic!("connect: {e}"));
     wait_for_services(
         &orch,
-        &["orch-coordinator", "orch-reasoner", "orch-verifier"],
+        &[
+            ("orch-coordinator", 1),
+            ("orch-reasoner", 1),
+            ("orch-verifier", 1),
+        ],
+        Duration::from_secs(60),
+        &procs,
     )
     .await;
     let found = within(

@@ -7,22 +7,12 @@ use futures::StreamExt as _;
 use nix::sys::signal::Signal;
 use orch_client::{ClientError, EventKind, Orchestrator, SubmitRequest, TaskId};
 use orch_shared::Role;
+use orch_tests::fleet::{FLEET, wait_for_services};
 use orch_tests::nats::NatsServer;
 use orch_tests::process::Proc;
-use orch_tests::wait::{eventually, within};
+use orch_tests::wait::within;
 
 const T: Duration = Duration::from_secs(30);
-
-async fn wait_for_services(orch: &Orchestrator, names: &[&str]) {
-    eventually(T, &format!("services {names:?} visible"), || async {
-        let found = orch.workers(Duration::from_millis(200)).await.ok()?;
-        names
-            .iter()
-            .all(|n| found.iter().any(|s| s.name == *n))
-            .then_some(())
-    })
-    .await;
-}
 
 fn worker(bin: &str, url: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
@@ -80,7 +70,13 @@ async fn sigterm_on_a_worker_finishes_its_in_flight_task_then_exits_0() {
         &["--slot", "kimi_k2", "--sim-latency", "1500ms"],
     );
     let orch = Orchestrator::connect(&url).await.unwrap();
-    wait_for_services(&orch, &["orch-coordinator", "orch-reasoner"]).await;
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", 1), ("orch-reasoner", 1)],
+        T,
+        [&coordinator, &reasoner],
+    )
+    .await;
 
     let handle = submit_and_wait_for_dispatch(&orch, "drain-worker").await;
     // Give the worker a moment to pick the job up, then ask it to stop.
@@ -121,13 +117,19 @@ async fn sigterm_on_the_coordinator_finishes_its_in_flight_task_then_exits_0() {
     let nats = NatsServer::start();
     let url = nats.url();
     let mut coordinator = Proc::start("orch-coordinator", &["--nats-url", &url], &[]);
-    let _reasoner = worker(
+    let reasoner = worker(
         "orch-reasoner",
         &url,
         &["--slot", "kimi_k2", "--sim-latency", "1000ms"],
     );
     let orch = Orchestrator::connect(&url).await.unwrap();
-    wait_for_services(&orch, &["orch-coordinator", "orch-reasoner"]).await;
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", 1), ("orch-reasoner", 1)],
+        T,
+        [&coordinator, &reasoner],
+    )
+    .await;
 
     let handle = submit_and_wait_for_dispatch(&orch, "drain-coord").await;
     coordinator.signal(Signal::SIGTERM);
@@ -151,7 +153,7 @@ async fn a_fleet_of_processes_answers_a_four_role_task() {
     orch_tests::init_logs();
     let nats = NatsServer::start();
     let url = nats.url();
-    let _procs = [
+    let procs = [
         Proc::start("orch-coordinator", &["--nats-url", &url, "--verify"], &[]),
         worker("orch-vision", &url, &[]),
         worker("orch-web", &url, &[]),
@@ -159,17 +161,7 @@ async fn a_fleet_of_processes_answers_a_four_role_task() {
         worker("orch-verifier", &url, &["--slot", "local"]),
     ];
     let orch = Orchestrator::connect(&url).await.unwrap();
-    wait_for_services(
-        &orch,
-        &[
-            "orch-coordinator",
-            "orch-vision",
-            "orch-web",
-            "orch-reasoner",
-            "orch-verifier",
-        ],
-    )
-    .await;
+    wait_for_services(&orch, &FLEET, T, &procs).await;
     let req = SubmitRequest {
         screenshot: Some(vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a].into()),
         available_tools: vec!["playwright_click".into()],

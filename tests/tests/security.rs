@@ -25,8 +25,9 @@ use orch_client::{ClientError, EventKind, Orchestrator, ReplayFrom, SubmitReques
 use orch_shared::config::NatsArgs;
 use orch_shared::{Role, subjects};
 use orch_tests::fake::openai::{FakeOpenAi, Reply};
+use orch_tests::fleet::{FLEET, wait_for_services};
 use orch_tests::nats::{NatsServer, ServerOptions};
-use orch_tests::process::{Proc, run_to_end};
+use orch_tests::process::{Proc, describe_all, run_to_end};
 use orch_tests::wait::{eventually, within};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -536,39 +537,6 @@ fn start_fleet(
     ]
 }
 
-fn describe(procs: &[Proc]) -> String {
-    procs
-        .iter()
-        .map(Proc::describe)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-const FLEET: [&str; 5] = [
-    "orch-coordinator",
-    "orch-vision",
-    "orch-web",
-    "orch-reasoner",
-    "orch-verifier",
-];
-
-async fn wait_for_services(orch: &Orchestrator, names: &[&str], procs: &[Proc]) {
-    let found = tokio::time::timeout(T, async {
-        loop {
-            if let Ok(found) = orch.workers(Duration::from_millis(300)).await
-                && names.iter().all(|n| found.iter().any(|s| s.name == *n))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    if found.is_err() {
-        panic!("services {names:?} not all visible\n{}", describe(procs));
-    }
-}
-
 fn big_png(len: usize) -> Vec<u8> {
     let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
     png.resize(len, 7);
@@ -673,19 +641,19 @@ async fn a_fleet_with_one_restricted_identity_per_role_completes_tasks() {
     let secrets = Secrets::new();
     let procs = start_fleet(&url, tls, &secrets, "info", &[]);
     let orch = orchestrator(&url, tls).await;
-    wait_for_services(&orch, &FLEET, &procs).await;
+    wait_for_services(&orch, &FLEET, T, &procs).await;
 
     // Request/reply; the SDK uploads the 5 MB screenshot to the object store first.
     let png = big_png(5 * 1024 * 1024);
     let req = four_roles("Analyze current page state", "sec-rr-1", png.clone());
     let r = within(T, "request/reply task", orch.execute(&req))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}\n{:?}", describe(&procs), violations(&nats)));
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{:?}", describe_all(&procs), violations(&nats)));
     assert_eq!(r.model_results.len(), 4, "{r:?}");
     assert!(
         r.model_results.values().all(|m| m.success),
         "{r:?}\n{}",
-        describe(&procs)
+        describe_all(&procs)
     );
     let vision = &r.model_results[&Role::Vision];
     assert!(
@@ -701,10 +669,10 @@ async fn a_fleet_with_one_restricted_identity_per_role_completes_tasks() {
     req.verify = Some(true);
     let id = within(T, "durable submit", durable.submit_durable(&req))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", describe(&procs)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
     let r = within(T, "durable result", durable.wait_result(&id, T))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", describe(&procs)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
     assert!(r.succeeded(), "{r:?}");
     assert!(r.model_results[&Role::Vision].success, "{r:?}");
 
@@ -764,7 +732,7 @@ async fn a_fleet_with_one_restricted_identity_per_role_completes_tasks() {
         v.is_empty(),
         "the deployed permissions must be sufficient; violations:\n{}\n{}",
         v.join("\n"),
-        describe(&procs)
+        describe_all(&procs)
     );
 }
 
@@ -794,7 +762,7 @@ async fn a_restricted_fleet_completes_tasks_with_pull_dispatch() {
         ],
     );
     let orch = orchestrator(&url, Tls::Off).await;
-    wait_for_services(&orch, &FLEET, &procs).await;
+    wait_for_services(&orch, &FLEET, T, &procs).await;
     // The coordinator queues work for a slot only once its consumer exists
     // (the workers create it as soon as the coordinator created the stream).
     let admin = connect_as(&url, ADMIN, Tls::Off).await;
@@ -845,21 +813,21 @@ async fn a_restricted_fleet_completes_tasks_with_pull_dispatch() {
         let r = within(T, "pulled task", task)
             .await
             .unwrap()
-            .unwrap_or_else(|e| panic!("{e}\n{}\n{:?}", describe(&procs), violations(&nats)));
+            .unwrap_or_else(|e| panic!("{e}\n{}\n{:?}", describe_all(&procs), violations(&nats)));
         assert!(
             r.model_results.len() == 4 && r.model_results.values().all(|m| m.success),
             "{r:?}\n{}",
-            describe(&procs)
+            describe_all(&procs)
         );
         assert!(r.fallback_chain.is_empty(), "{r:?}");
     }
     let req = four_roles("pull it durably", "sec-pull-durable", big_png(4096));
     let id = within(T, "durable submit", orch.submit_durable(&req))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", describe(&procs)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
     let r = within(T, "durable result", orch.wait_result(&id, T))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", describe(&procs)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
     assert!(r.model_results.values().all(|m| m.success), "{r:?}");
 
     // Every attempt went through the work queue: each slot's consumer
@@ -891,7 +859,7 @@ async fn a_restricted_fleet_completes_tasks_with_pull_dispatch() {
         v.is_empty(),
         "pull dispatch must need nothing beyond the deployed permissions; violations:\n{}\n{}",
         v.join("\n"),
-        describe(&procs)
+        describe_all(&procs)
     );
 }
 
@@ -916,7 +884,7 @@ async fn a_worker_identity_cannot_submit_tasks() {
         &[],
     )];
     let orch = orchestrator(&url, Tls::Off).await;
-    wait_for_services(&orch, &["orch-coordinator"], &procs).await;
+    wait_for_services(&orch, &[("orch-coordinator", 1)], T, &procs).await;
 
     let worker = connect_as(&url, REASONER, Tls::Off).await;
     let body = serde_json::to_vec(&SubmitRequest::new("let me in")).unwrap();
@@ -1065,7 +1033,13 @@ async fn a_client_identity_cannot_take_work_or_pose_as_a_worker() {
         ),
     ];
     let orch = orchestrator(&url, Tls::Off).await;
-    wait_for_services(&orch, &["orch-coordinator", "orch-reasoner"], &procs).await;
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", 1), ("orch-reasoner", 1)],
+        T,
+        &procs,
+    )
+    .await;
 
     let thief = connect_as(&url, CLIENT, Tls::Off).await;
     let mut all_work = thief.client.subscribe("orch.v1.work.>").await.unwrap();
@@ -1112,7 +1086,7 @@ async fn a_client_identity_cannot_take_work_or_pose_as_a_worker() {
         };
         let r = within(T, "task", orch.execute(&req))
             .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", describe(&procs)));
+            .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
         let m = &r.model_results[&Role::Reasoner];
         assert!(m.success && m.slot.as_str() == "kimi_k2", "{r:?}");
         assert!(r.fallback_chain.is_empty(), "{r:?}");
@@ -1389,7 +1363,7 @@ async fn passwords_and_api_keys_never_appear_in_the_binaries_output() {
         &[("OPENAI_API_KEY", API_KEY)],
     ));
     let orch = orchestrator(&url, Tls::Off).await;
-    wait_for_services(&orch, &FLEET, &procs).await;
+    wait_for_services(&orch, &FLEET, T, &procs).await;
     eventually(T, "two reasoners", || async {
         let found = orch.workers(Duration::from_millis(300)).await.ok()?;
         (found.iter().filter(|s| s.name == "orch-reasoner").count() == 2).then_some(())
@@ -1398,7 +1372,7 @@ async fn passwords_and_api_keys_never_appear_in_the_binaries_output() {
     let req = four_roles("log everything", "sec-logs-1", big_png(600 * 1024));
     let r = within(T, "task", orch.execute(&req))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", describe(&procs)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
     assert!(r.succeeded(), "{r:?}");
     let reasoner = &r.model_results[&Role::Reasoner];
     assert_eq!(reasoner.provider, "openai", "{r:?}");
@@ -1419,7 +1393,7 @@ async fn passwords_and_api_keys_never_appear_in_the_binaries_output() {
     };
     let r = within(T, "task with a refused key", orch.execute(&req))
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", describe(&procs)));
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
     assert!(
         r.fallback_chain
             .iter()
@@ -1465,7 +1439,7 @@ async fn passwords_and_api_keys_never_appear_in_the_binaries_output() {
     assert!(!nats.logs().contains(COORDINATOR.password));
 
     // --help with the secrets in the environment shows no value.
-    for bin in FLEET {
+    for (bin, _) in FLEET {
         let (status, stdout, stderr) = run_to_end(
             bin,
             &["--help"],
