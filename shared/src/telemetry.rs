@@ -231,7 +231,11 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut exporting_traces = false;
     if env.export_traces {
-        match span_exporter(&env.protocol) {
+        let client = match otlp_tls(&|k| std::env::var(k).ok(), "TRACES") {
+            Ok(tls) => tls.map(|t| t.client()).transpose(),
+            Err(e) => Err(e),
+        };
+        match client.and_then(|c| span_exporter(&env.protocol, c)) {
             Ok(exporter) => {
                 tracer_builder = tracer_builder.with_batch_exporter(exporter);
                 exporting_traces = true;
@@ -283,7 +287,11 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
 
     let mut meter = None;
     if env.export_metrics {
-        match metric_exporter(&env.protocol) {
+        let client = match otlp_tls(&|k| std::env::var(k).ok(), "METRICS") {
+            Ok(tls) => tls.map(|t| t.client()).transpose(),
+            Err(e) => Err(e),
+        };
+        match client.and_then(|c| metric_exporter(&env.protocol, c)) {
             Ok(exporter) => {
                 let provider = SdkMeterProvider::builder()
                     .with_resource(resource)
@@ -311,12 +319,22 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
     }
 }
 
-fn span_exporter(protocol: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+fn span_exporter(
+    protocol: &str,
+    client: Option<reqwest::blocking::Client>,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
     let b = opentelemetry_otlp::SpanExporter::builder();
+    let http = |p: Protocol| {
+        let h = b.clone().with_http().with_protocol(p);
+        match client.clone() {
+            Some(c) => h.with_http_client(c).build(),
+            None => h.build(),
+        }
+    };
     match protocol {
-        "http/protobuf" => b.with_http().with_protocol(Protocol::HttpBinary).build(),
-        "http/json" => b.with_http().with_protocol(Protocol::HttpJson).build(),
+        "http/protobuf" => http(Protocol::HttpBinary),
+        "http/json" => http(Protocol::HttpJson),
         #[cfg(feature = "otlp-grpc")]
         "grpc" => b.with_tonic().build(),
         other => return Err(unsupported(other)),
@@ -324,17 +342,107 @@ fn span_exporter(protocol: &str) -> Result<opentelemetry_otlp::SpanExporter, Str
     .map_err(|e| e.to_string())
 }
 
-fn metric_exporter(protocol: &str) -> Result<opentelemetry_otlp::MetricExporter, String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+fn metric_exporter(
+    protocol: &str,
+    client: Option<reqwest::blocking::Client>,
+) -> Result<opentelemetry_otlp::MetricExporter, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
     let b = opentelemetry_otlp::MetricExporter::builder();
+    let http = |p: Protocol| {
+        let h = b.clone().with_http().with_protocol(p);
+        match client.clone() {
+            Some(c) => h.with_http_client(c).build(),
+            None => h.build(),
+        }
+    };
     match protocol {
-        "http/protobuf" => b.with_http().with_protocol(Protocol::HttpBinary).build(),
-        "http/json" => b.with_http().with_protocol(Protocol::HttpJson).build(),
+        "http/protobuf" => http(Protocol::HttpBinary),
+        "http/json" => http(Protocol::HttpJson),
         #[cfg(feature = "otlp-grpc")]
         "grpc" => b.with_tonic().build(),
         other => return Err(unsupported(other)),
     }
     .map_err(|e| e.to_string())
+}
+
+/// TLS settings for an OTLP/HTTP exporter from the standard variables
+/// `OTEL_EXPORTER_OTLP_[<SIGNAL>_]CERTIFICATE` (PEM file of the CAs to trust
+/// besides the system's), `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY` (PEM
+/// files for mutual TLS); the per-signal variable wins. `None` when none is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OtlpTls {
+    ca: Option<Vec<u8>>,
+    /// Client certificate chain followed by its key, both PEM.
+    identity: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+fn otlp_tls(get: &dyn Fn(&str) -> Option<String>, signal: &str) -> Result<Option<OtlpTls>, String> {
+    let var = |name: &str| {
+        get(&format!("OTEL_EXPORTER_OTLP_{signal}_{name}"))
+            .or_else(|| get(&format!("OTEL_EXPORTER_OTLP_{name}")))
+            .filter(|v| !v.trim().is_empty())
+    };
+    let read = |name: &str| -> Result<Option<Vec<u8>>, String> {
+        var(name)
+            .map(|path| {
+                std::fs::read(path.trim())
+                    .map_err(|e| format!("OTEL_EXPORTER_OTLP_{name} `{}`: {e}", path.trim()))
+            })
+            .transpose()
+    };
+    let ca = read("CERTIFICATE")?;
+    let identity = match (read("CLIENT_CERTIFICATE")?, read("CLIENT_KEY")?) {
+        (Some(mut cert), Some(key)) => {
+            cert.push(b'\n');
+            cert.extend_from_slice(&key);
+            Some(cert)
+        }
+        (None, None) => None,
+        _ => {
+            return Err(
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together"
+                    .into(),
+            );
+        }
+    };
+    if ca.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    // A custom client does not inherit the exporter's default timeout.
+    let timeout = var("TIMEOUT")
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis);
+    Ok(Some(OtlpTls {
+        ca,
+        identity,
+        timeout,
+    }))
+}
+
+impl OtlpTls {
+    /// The exporter's blocking HTTP client with these settings.
+    fn client(self) -> Result<reqwest::blocking::Client, String> {
+        let mut b = reqwest::blocking::Client::builder().timeout(self.timeout);
+        if let Some(ca) = &self.ca {
+            let certs = reqwest::Certificate::from_pem_bundle(ca)
+                .map_err(|e| format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {e}"))?;
+            if certs.is_empty() {
+                return Err("OTEL_EXPORTER_OTLP_CERTIFICATE holds no PEM certificate".into());
+            }
+            b = b.tls_certs_merge(certs);
+        }
+        if let Some(pem) = &self.identity {
+            let id = reqwest::Identity::from_pem(pem)
+                .map_err(|e| format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE / _KEY: {e}"))?;
+            b = b.identity(id);
+        }
+        // The blocking client runs its own runtime; it must not be built (or
+        // dropped) on an async runtime thread, which init may be called from.
+        std::thread::spawn(move || b.build().map_err(|e| e.to_string()))
+            .join()
+            .map_err(|_| "building the OTLP HTTP client panicked".to_string())?
+    }
 }
 
 fn unsupported(protocol: &str) -> String {
@@ -488,9 +596,73 @@ mod tests {
     #[test]
     fn unknown_protocols_are_explained() {
         assert!(
-            span_exporter("carrier-pigeon")
+            span_exporter("carrier-pigeon", None)
                 .unwrap_err()
                 .contains("http/protobuf")
         );
+    }
+
+    fn tls(pairs: &[(&str, &str)], signal: &str) -> Result<Option<OtlpTls>, String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        otlp_tls(&|k| m.get(k).cloned(), signal)
+    }
+
+    #[test]
+    fn tls_files_are_read_per_signal_with_the_general_variable_as_fallback() {
+        let dir = tempfile_dir();
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let (ca, ca_traces) = (file("ca.pem", "CA"), file("ca-traces.pem", "TRACES-CA"));
+        let (cert, key) = (file("c.pem", "CERT"), file("k.pem", "KEY"));
+        assert_eq!(tls(&[], "TRACES"), Ok(None));
+        let pairs = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca_traces.as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ];
+        let traces = tls(&pairs, "TRACES").unwrap().unwrap();
+        assert_eq!(traces.ca.as_deref(), Some(&b"TRACES-CA"[..]));
+        assert_eq!(traces.identity.as_deref(), Some(&b"CERT\nKEY"[..]));
+        assert_eq!(traces.timeout, Duration::from_millis(2500));
+        let metrics = tls(&pairs, "METRICS").unwrap().unwrap();
+        assert_eq!(metrics.ca.as_deref(), Some(&b"CA"[..]));
+        // Half a client identity, a missing file, a file that is no PEM: refused with the variable's name.
+        let half = tls(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str())], "TRACES");
+        assert!(half.unwrap_err().contains("go together"));
+        let missing = tls(
+            &[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")],
+            "TRACES",
+        );
+        assert!(
+            missing
+                .unwrap_err()
+                .contains("OTEL_EXPORTER_OTLP_CERTIFICATE")
+        );
+        let not_pem = tls(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str())], "TRACES")
+            .unwrap()
+            .unwrap()
+            .client();
+        assert!(
+            not_pem.unwrap_err().contains("CERTIFICATE"),
+            "a CA file without PEM"
+        );
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "orch-shared-otlp-tls-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

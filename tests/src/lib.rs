@@ -7,7 +7,8 @@
 //! - [`fleet`]: coordinator and simulated workers in-process, for fast tests.
 //! - [`fake`]: protocol-faithful fake model, search and web servers.
 //! - [`tally`]: counting results and final events, to prove "all done, none twice".
-//! - [`otlp`]: an OTLP/HTTP receiver decoding what processes export.
+//! - [`otlp`]: an OTLP/HTTP(S) receiver decoding what processes export.
+//! - [`pki`]: test certificates (CA, server, client, a rogue CA).
 //! - [`wait`]: every await with a deadline; `eventually` for settling states.
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod fake;
 pub mod fleet;
 pub mod nats;
 pub mod otlp;
+pub mod pki;
 pub mod process;
 pub mod tally;
 pub mod wait;

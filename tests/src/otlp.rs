@@ -64,17 +64,19 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Starts listening.
+    /// Starts listening (plain HTTP).
     pub async fn start() -> OtlpReceiver {
         let state = Arc::new(Mutex::new(Received::default()));
-        let router = Router::new()
-            .route("/v1/traces", post(traces))
-            .route("/v1/metrics", post(metrics))
-            .with_state(state.clone());
-        OtlpReceiver {
-            server: Server::start(router).await,
-            state,
-        }
+        let server = Server::start(routes(&state)).await;
+        OtlpReceiver { server, state }
+    }
+
+    /// Starts listening over HTTPS with `tls` (see
+    /// [`tls_config`](crate::fake::openai::tls_config)).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> OtlpReceiver {
+        let state = Arc::new(Mutex::new(Received::default()));
+        let server = Server::start_tls(routes(&state), tls).await;
+        OtlpReceiver { server, state }
     }
 
     /// The base URL for `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -106,6 +108,13 @@ impl OtlpReceiver {
     fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn routes(state: &Arc<Mutex<Received>>) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .with_state(state.clone())
 }
 
 async fn traces(State(state): State<Arc<Mutex<Received>>>, body: Bytes) -> StatusCode {

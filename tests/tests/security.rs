@@ -27,12 +27,9 @@ use orch_shared::{Role, subjects};
 use orch_tests::fake::openai::{FakeOpenAi, Reply};
 use orch_tests::fleet::{FLEET, wait_for_services};
 use orch_tests::nats::{NatsServer, ServerOptions};
+use orch_tests::pki::Pki;
 use orch_tests::process::{Proc, describe_all, run_to_end};
 use orch_tests::wait::{eventually, within};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use tempfile::TempDir;
 
 const T: Duration = Duration::from_secs(60);
@@ -160,104 +157,14 @@ fn auth_config() -> String {
     c
 }
 
-/// Test certificates: a CA, a server certificate for 127.0.0.1/localhost, a
-/// client certificate, and a client certificate from an unrelated CA.
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn generate() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("orch-pki-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let pki = Pki { dir };
-        let ca = pki.ca("orch test CA", "ca.pem");
-        pki.leaf(
-            &ca,
-            "orch-nats",
-            &["127.0.0.1", "localhost"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            "server",
-        );
-        pki.leaf(
-            &ca,
-            "orch-fleet",
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            "client",
-        );
-        let rogue = pki.ca("someone else's CA", "rogue-ca.pem");
-        pki.leaf(
-            &rogue,
-            "orch-fleet",
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            "rogue-client",
-        );
-        pki
-    }
-
-    fn ca(&self, name: &str, file: &str) -> CertifiedIssuer<'static, KeyPair> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("CA key");
-        let ca = CertifiedIssuer::self_signed(params, key).expect("CA certificate");
-        self.write(file, &ca.pem());
-        ca
-    }
-
-    fn leaf(
-        &self,
-        ca: &CertifiedIssuer<'static, KeyPair>,
-        name: &str,
-        sans: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-        file: &str,
-    ) {
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(sans).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, ca).expect("leaf certificate");
-        self.write(&format!("{file}-cert.pem"), &cert.pem());
-        self.write(&format!("{file}-key.pem"), &key.serialize_pem());
-    }
-
-    fn write(&self, file: &str, text: &str) {
-        let path = self.path(file);
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn arg(&self, file: &str) -> String {
-        self.path(file).display().to_string()
-    }
-
-    /// The server's `tls` block; `verify` demands client certificates (mTLS).
-    fn server_block(&self, verify: bool) -> String {
-        format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: {verify}\n  timeout: 2\n}}\n",
-            self.path("server-cert.pem").display(),
-            self.path("server-key.pem").display(),
-            self.path("ca.pem").display(),
-        )
-    }
+/// The NATS server's `tls` block; `verify` demands client certificates (mTLS).
+fn server_block(pki: &Pki, verify: bool) -> String {
+    format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: {verify}\n  timeout: 2\n}}\n",
+        pki.path("server-cert.pem").display(),
+        pki.path("server-key.pem").display(),
+        pki.path("ca.pem").display(),
+    )
 }
 
 /// How the test server does TLS.
@@ -284,8 +191,8 @@ fn secured_server(tls: Tls<'_>) -> NatsServer {
     let mut extra_config = auth_config();
     match tls {
         Tls::Off => {}
-        Tls::On(p) => extra_config.push_str(&p.server_block(false)),
-        Tls::Mutual(p) => extra_config.push_str(&p.server_block(true)),
+        Tls::On(p) => extra_config.push_str(&server_block(p, false)),
+        Tls::Mutual(p) => extra_config.push_str(&server_block(p, true)),
     }
     NatsServer::start_with(ServerOptions {
         extra_config,

@@ -12,13 +12,15 @@ use nix::sys::signal::Signal;
 use orch_shared::wire::{Event, OrchestratedResult, SubmitRequest};
 use orch_shared::{Blob, Role};
 use orch_tests::fake::ollama::{FakeOllama, OllamaReply};
+use orch_tests::fake::openai::tls_config;
 use orch_tests::fake::openai::{FakeOpenAi, Reply};
 use orch_tests::fake::search::{FakeSearch, Hit};
 use orch_tests::fleet::wait_for_services;
 use orch_tests::nats::NatsServer;
 use orch_tests::otlp::{OtlpReceiver, SpanRecord};
+use orch_tests::pki::Pki;
 use orch_tests::process::{Proc, describe_all};
-use orch_tests::wait::within;
+use orch_tests::wait::{eventually, within};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
@@ -509,4 +511,119 @@ async fn without_an_endpoint_nothing_is_exported_but_results_still_carry_a_trace
     for p in &procs {
         assert!(!p.stderr().contains("OTLP"), "{}", p.describe());
     }
+}
+
+/// An OTLP collector over HTTPS with a private CA that demands client
+/// certificates (the standard `OTEL_EXPORTER_OTLP_CERTIFICATE`,
+/// `..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`): a process configured with them
+/// exports its spans; one whose client certificate comes from another CA is
+/// refused at the handshake and exports nothing, and neither stops serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_with_a_private_ca_and_client_certificates() {
+    orch_tests::init_logs();
+    let pki = Pki::generate();
+    let tls = tls_config(
+        &pki.read("server-cert.pem"),
+        &pki.read("server-key.pem"),
+        Some(&pki.read("ca.pem")),
+    );
+    let otlp = OtlpReceiver::start_tls(tls).await;
+    assert!(otlp.endpoint().starts_with("https://"));
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let endpoint = otlp.endpoint();
+    let (ca, cert, key) = (
+        pki.arg("ca.pem"),
+        pki.arg("client-cert.pem"),
+        pki.arg("client-key.pem"),
+    );
+    let (rogue_cert, rogue_key) = (
+        pki.arg("rogue-client-cert.pem"),
+        pki.arg("rogue-client-key.pem"),
+    );
+    let procs = [
+        Proc::start(
+            "orch-coordinator",
+            &["--nats-url", &url],
+            &https_otlp_env(&endpoint, &ca, &cert, &key),
+        ),
+        Proc::start(
+            "orch-reasoner",
+            &["--nats-url", &url, "--slot", "kimi_k2", "--provider", "sim"],
+            &https_otlp_env(&endpoint, &ca, &rogue_cert, &rogue_key),
+        ),
+    ];
+    let orch = orch_client::Orchestrator::from_client(nats.connect().await);
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", 1), ("orch-reasoner", 1)],
+        T,
+        &procs,
+    )
+    .await;
+    let request = SubmitRequest {
+        tools: Some(vec!["reasoner".into()]),
+        ..SubmitRequest::new("plan something")
+    };
+    let r = within(T, "execute", orch.execute(&request))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
+    let trace_id = r.trace_id.clone().expect("trace id");
+    assert!(r.succeeded(), "{r:?}");
+
+    // The coordinator's task span arrives over mutual TLS.
+    let spans = eventually(T, "the coordinator's spans over HTTPS", || async {
+        let spans = otlp.spans();
+        spans
+            .iter()
+            .any(|s| {
+                s.service == "orch-coordinator" && s.trace_id == trace_id && s.name == "orch.task"
+            })
+            .then_some(spans)
+    })
+    .await;
+    // The reasoner ran the job inside the same trace, but its exporter's
+    // certificate is from someone else's CA: by the time a second task's
+    // coordinator spans are in (both export every 100 ms), none of its came.
+    let r2 = within(T, "execute", orch.execute(&request)).await.unwrap();
+    let second = r2.trace_id.clone().expect("trace id");
+    eventually(T, "the second task's spans", || async {
+        otlp.spans()
+            .iter()
+            .any(|s| s.service == "orch-coordinator" && s.trace_id == second)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let from_reasoner: Vec<_> = otlp
+        .spans()
+        .into_iter()
+        .chain(spans)
+        .filter(|s| s.service == "orch-reasoner")
+        .map(|s| s.name)
+        .collect();
+    assert!(
+        from_reasoner.is_empty(),
+        "a client certificate from another CA was accepted: {from_reasoner:?}"
+    );
+    assert!(otlp.errors().is_empty(), "{:?}", otlp.errors());
+    // Refused exports cost the reasoner nothing but its spans.
+    assert!(r2.succeeded(), "{r2:?}\n{}", describe_all(&procs));
+}
+
+/// What a process needs to export to an HTTPS collector with mutual TLS.
+fn https_otlp_env<'a>(
+    endpoint: &'a str,
+    ca: &'a str,
+    cert: &'a str,
+    key: &'a str,
+) -> [(&'static str, &'a str); 6] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRICS_EXPORTER", "none"),
+    ]
 }

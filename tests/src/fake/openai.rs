@@ -79,6 +79,7 @@ impl Recorded {
 pub struct Server {
     addr: SocketAddr,
     join: JoinHandle<()>,
+    scheme: &'static str,
 }
 
 impl Server {
@@ -95,13 +96,118 @@ impl Server {
                 tracing::warn!(error = %e, "fake server stopped");
             }
         });
-        Server { addr, join }
+        Server {
+            addr,
+            join,
+            scheme: "http",
+        }
     }
 
-    /// `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// Serves `router` over TLS with `config` on an ephemeral loopback port.
+    pub async fn start_tls(router: Router, config: Arc<rustls::ServerConfig>) -> Server {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("binding a fake server: {e}"));
+        let addr = tcp
+            .local_addr()
+            .unwrap_or_else(|e| panic!("fake server address: {e}"));
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+        };
+        let join = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(error = %e, "fake server stopped");
+            }
+        });
+        Server {
+            addr,
+            join,
+            scheme: "https",
+        }
     }
+
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+}
+
+/// TCP accept, then the TLS handshake; a failed or stalled handshake is
+/// logged and the next connection taken.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        loop {
+            let (tcp, peer) = match self.tcp.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fake server accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let handshake = self.acceptor.accept(tcp);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), handshake).await {
+                Ok(Ok(tls)) => return (tls, peer),
+                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A TLS server configuration from PEM: the server's chain and key and, for
+/// mutual TLS, the CA whose client certificates it demands.
+pub fn tls_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("server certificate PEM: {e}"));
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .unwrap_or_else(|e| panic!("server key PEM: {e}"));
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("TLS versions: {e}"));
+    let builder = match client_ca_pem {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                let cert = cert.unwrap_or_else(|e| panic!("client CA PEM: {e}"));
+                roots.add(cert).unwrap_or_else(|e| panic!("client CA: {e}"));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap_or_else(|e| panic!("client verifier: {e}"));
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .unwrap_or_else(|e| panic!("server certificate: {e}"));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 impl Drop for Server {
