@@ -479,28 +479,8 @@ async fn one_trace_covers_client_coordinator_workers_and_model_calls() {
 async fn without_an_endpoint_nothing_is_exported_but_results_still_carry_a_trace_id() {
     orch_tests::init_logs();
     let nats = NatsServer::start();
-    let url = nats.url();
-    let procs = [
-        Proc::start("orch-coordinator", &["--nats-url", &url], &[]),
-        Proc::start(
-            "orch-reasoner",
-            &["--nats-url", &url, "--slot", "kimi_k2", "--provider", "sim"],
-            &[],
-        ),
-    ];
-    let client = nats.connect().await;
-    let orch = orch_client::Orchestrator::from_client(client.clone());
-    wait_for_services(
-        &orch,
-        &[("orch-coordinator", 1), ("orch-reasoner", 1)],
-        T,
-        &procs,
-    )
-    .await;
-    let request = SubmitRequest {
-        tools: Some(vec!["reasoner".into()]),
-        ..SubmitRequest::new("plan something")
-    };
+    let (procs, orch) = coordinator_and_reasoner(&nats, &[], &[]).await;
+    let request = plan_request();
     let r = within(T, "execute", orch.execute(&request)).await.unwrap();
     let id = r.trace_id.expect("a trace id even without export");
     assert_eq!(id.len(), 32);
@@ -530,7 +510,6 @@ async fn spans_reach_an_https_collector_with_a_private_ca_and_client_certificate
     let otlp = OtlpReceiver::start_tls(tls).await;
     assert!(otlp.endpoint().starts_with("https://"));
     let nats = NatsServer::start();
-    let url = nats.url();
     let endpoint = otlp.endpoint();
     let (ca, cert, key) = (
         pki.arg("ca.pem"),
@@ -541,30 +520,13 @@ async fn spans_reach_an_https_collector_with_a_private_ca_and_client_certificate
         pki.arg("rogue-client-cert.pem"),
         pki.arg("rogue-client-key.pem"),
     );
-    let procs = [
-        Proc::start(
-            "orch-coordinator",
-            &["--nats-url", &url],
-            &https_otlp_env(&endpoint, &ca, &cert, &key),
-        ),
-        Proc::start(
-            "orch-reasoner",
-            &["--nats-url", &url, "--slot", "kimi_k2", "--provider", "sim"],
-            &https_otlp_env(&endpoint, &ca, &rogue_cert, &rogue_key),
-        ),
-    ];
-    let orch = orch_client::Orchestrator::from_client(nats.connect().await);
-    wait_for_services(
-        &orch,
-        &[("orch-coordinator", 1), ("orch-reasoner", 1)],
-        T,
-        &procs,
+    let (procs, orch) = coordinator_and_reasoner(
+        &nats,
+        &https_otlp_env(&endpoint, &ca, &cert, &key),
+        &https_otlp_env(&endpoint, &ca, &rogue_cert, &rogue_key),
     )
     .await;
-    let request = SubmitRequest {
-        tools: Some(vec!["reasoner".into()]),
-        ..SubmitRequest::new("plan something")
-    };
+    let request = plan_request();
     let r = within(T, "execute", orch.execute(&request))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
@@ -626,4 +588,39 @@ fn https_otlp_env<'a>(
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_METRICS_EXPORTER", "none"),
     ]
+}
+
+/// A coordinator and a simulated `kimi_k2` reasoner as processes with the
+/// given environments, both visible in discovery, and a client.
+async fn coordinator_and_reasoner(
+    nats: &NatsServer,
+    coordinator_env: &[(&str, &str)],
+    reasoner_env: &[(&str, &str)],
+) -> ([Proc; 2], orch_client::Orchestrator) {
+    let url = nats.url();
+    let procs = [
+        Proc::start("orch-coordinator", &["--nats-url", &url], coordinator_env),
+        Proc::start(
+            "orch-reasoner",
+            &["--nats-url", &url, "--slot", "kimi_k2", "--provider", "sim"],
+            reasoner_env,
+        ),
+    ];
+    let orch = orch_client::Orchestrator::from_client(nats.connect().await);
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", 1), ("orch-reasoner", 1)],
+        T,
+        &procs,
+    )
+    .await;
+    (procs, orch)
+}
+
+/// A reasoner-only task.
+fn plan_request() -> SubmitRequest {
+    SubmitRequest {
+        tools: Some(vec!["reasoner".into()]),
+        ..SubmitRequest::new("plan something")
+    }
 }

@@ -85,9 +85,22 @@ pub struct Server {
 impl Server {
     /// Serves `router` on an ephemeral loopback port.
     pub async fn start(router: Router) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("binding a fake server: {e}"));
+        Server::serve(loopback().await, router, "http")
+    }
+
+    /// Serves `router` over TLS with `config` on an ephemeral loopback port.
+    pub async fn start_tls(router: Router, config: Arc<rustls::ServerConfig>) -> Server {
+        let listener = TlsListener {
+            tcp: loopback().await,
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+        };
+        Server::serve(listener, router, "https")
+    }
+
+    fn serve<L>(listener: L, router: Router, scheme: &'static str) -> Server
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("fake server address: {e}"));
@@ -96,41 +109,19 @@ impl Server {
                 tracing::warn!(error = %e, "fake server stopped");
             }
         });
-        Server {
-            addr,
-            join,
-            scheme: "http",
-        }
-    }
-
-    /// Serves `router` over TLS with `config` on an ephemeral loopback port.
-    pub async fn start_tls(router: Router, config: Arc<rustls::ServerConfig>) -> Server {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("binding a fake server: {e}"));
-        let addr = tcp
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fake server address: {e}"));
-        let listener = TlsListener {
-            tcp,
-            acceptor: tokio_rustls::TlsAcceptor::from(config),
-        };
-        let join = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::warn!(error = %e, "fake server stopped");
-            }
-        });
-        Server {
-            addr,
-            join,
-            scheme: "https",
-        }
+        Server { addr, join, scheme }
     }
 
     /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
     }
+}
+
+async fn loopback() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("binding a fake server: {e}"))
 }
 
 /// TCP accept, then the TLS handshake; a failed or stalled handshake is
