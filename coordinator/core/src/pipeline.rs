@@ -191,34 +191,9 @@ impl Pipeline {
             .collect();
         if !p1.is_empty() {
             let phase_start = Box::pin(self.phase_started(&spec, Phase::Parallel, &p1)).await;
-            let deadline = Instant::now() + spec.timeouts.parallel;
-            let vision = async {
-                if spec.roles.contains(Role::Vision) {
-                    let req = self.work_request(&spec, Role::Vision);
-                    Some(
-                        Box::pin(self.run_chain(&spec, started, Role::Vision, req, deadline)).await,
-                    )
-                } else {
-                    None
-                }
-            };
-            let web = async {
-                if spec.roles.contains(Role::Web) {
-                    let mut req = self.work_request(&spec, Role::Web);
-                    req.query = Some(spec.web_query.clone());
-                    Some(Box::pin(self.run_chain(&spec, started, Role::Web, req, deadline)).await)
-                } else {
-                    None
-                }
-            };
-            let (v, w) = async { tokio::join!(vision, web) }
-                .instrument(crate::telemetry::phase_span(Phase::Parallel.as_str()))
-                .await;
-            for (role, run) in [(Role::Vision, v), (Role::Web, w)] {
-                if let Some(run) = run {
-                    runs.insert(role, run);
-                }
-            }
+            // Boxed: phase 1's state (two requests, two chains) is the largest
+            // of the task's, and every task would carry its size to the end.
+            runs.extend(Box::pin(self.parallel_phase(&spec, started)).await);
             Box::pin(self.phase_completed(&spec, Phase::Parallel, phase_start, &runs, &p1)).await;
         }
         let vision: Option<VisionAnalysis> = parsed(&runs, Role::Vision);
@@ -293,6 +268,35 @@ impl Pipeline {
             .await;
         }
         assemble(&spec, started, runs, plan.is_some(), outcome)
+    }
+
+    /// Phase 1: vision ‖ web, each down its own chain, within the phase's time.
+    async fn parallel_phase(&self, spec: &TaskSpec, started: Instant) -> Vec<(Role, RoleRun)> {
+        let deadline = Instant::now() + spec.timeouts.parallel;
+        let vision = async {
+            if spec.roles.contains(Role::Vision) {
+                let req = self.work_request(spec, Role::Vision);
+                Some(Box::pin(self.run_chain(spec, started, Role::Vision, req, deadline)).await)
+            } else {
+                None
+            }
+        };
+        let web = async {
+            if spec.roles.contains(Role::Web) {
+                let mut req = self.work_request(spec, Role::Web);
+                req.query = Some(spec.web_query.clone());
+                Some(Box::pin(self.run_chain(spec, started, Role::Web, req, deadline)).await)
+            } else {
+                None
+            }
+        };
+        let (v, w) = async { tokio::join!(vision, web) }
+            .instrument(crate::telemetry::phase_span(Phase::Parallel.as_str()))
+            .await;
+        [(Role::Vision, v), (Role::Web, w)]
+            .into_iter()
+            .filter_map(|(role, run)| run.map(|run| (role, run)))
+            .collect()
     }
 
     fn work_request(&self, spec: &TaskSpec, role: Role) -> WorkRequest {

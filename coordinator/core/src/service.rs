@@ -545,7 +545,9 @@ impl Coordinator {
                 None => None,
             }
         };
-        let (result, pending) = run_beside(Box::pin(self.run(spec)), Box::pin(pending)).await;
+        // Boxed: the handler's own state is what every task in flight carries.
+        let (result, pending) =
+            Box::pin(run_beside(Box::pin(self.run(spec)), Box::pin(pending))).await;
         Box::pin(self.finish_event(&result)).await;
         // Reply first: storing the result is for later readers, not this caller.
         match enc.encode(&result) {
