@@ -471,7 +471,17 @@ pub fn exit_config(program: &str, err: &ConfigError) -> ! {
 
 /// Parses clap arguments; usage errors exit 64 (help and version still exit 0).
 pub fn parse_args<T: clap::Parser>() -> T {
-    match T::try_parse() {
+    exit_on_parse_error(T::try_parse())
+}
+
+/// Like [`parse_args`], for a command line built at run time (one parser
+/// shared by binaries that differ only in name and description).
+pub fn parse_command<T: clap::FromArgMatches>(cmd: clap::Command) -> T {
+    exit_on_parse_error(cmd.try_get_matches().and_then(|m| T::from_arg_matches(&m)))
+}
+
+fn exit_on_parse_error<T>(parsed: Result<T, clap::Error>) -> T {
+    match parsed {
         Ok(t) => t,
         Err(e) => {
             use clap::error::ErrorKind;

@@ -172,12 +172,23 @@ impl OtelEnv {
     }
 }
 
+/// `filter` with the OpenTelemetry SDK's own `info` notices ("Global tracer
+/// provider is set", at every start) held back, unless the filter names
+/// `opentelemetry` or asks for `debug`/`trace`.
+fn quiet_sdk_notices(filter: &str) -> String {
+    if filter.contains("opentelemetry") || filter.contains("debug") || filter.contains("trace") {
+        filter.to_string()
+    } else {
+        format!("{filter},opentelemetry=warn,opentelemetry_sdk=warn")
+    }
+}
+
 /// Installs the global subscriber, propagator and (when configured) the OTLP
 /// exporters. Safe to call more than once: later calls keep the first setup,
 /// so tests can run several components in one process.
 pub fn init(service: &str, args: &LogArgs) -> Telemetry {
     CAPTURE_CONTENT.store(args.capture_content, std::sync::atomic::Ordering::Relaxed);
-    let level = crate::config::quiet_nats_events(&args.level);
+    let level = quiet_sdk_notices(&crate::config::quiet_nats_events(&args.level));
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|e| {
         eprintln!(
             "{service}: invalid log filter `{}` ({e}); using `info`",
@@ -591,6 +602,17 @@ mod tests {
         assert!(env(&[("OTEL_SERVICE_NAME", "mine")]).service_name_set);
         assert!(env(&[("OTEL_RESOURCE_ATTRIBUTES", "team=a, service.name=x")]).service_name_set);
         assert!(!env(&[("OTEL_RESOURCE_ATTRIBUTES", "service.namespace=x")]).service_name_set);
+    }
+
+    #[test]
+    fn the_sdks_start_notices_are_held_back_unless_asked_for() {
+        assert_eq!(
+            quiet_sdk_notices("info,async_nats=warn"),
+            "info,async_nats=warn,opentelemetry=warn,opentelemetry_sdk=warn"
+        );
+        for kept in ["debug", "info,opentelemetry=info", "trace"] {
+            assert_eq!(quiet_sdk_notices(kept), kept);
+        }
     }
 
     #[test]

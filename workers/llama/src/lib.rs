@@ -23,6 +23,7 @@ pub mod model;
 pub mod process;
 pub mod protocol;
 pub mod schema;
+pub mod worker;
 
 pub use args::LocalArgs;
 pub use child::{ENV_CHILD, maybe_run_child};
