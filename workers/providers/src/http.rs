@@ -99,6 +99,53 @@ pub fn chain(e: &reqwest::Error) -> String {
     bounded(&out)
 }
 
+/// Sends a model request and checks the answer's status. With
+/// `first_token_timeout` (a streamed request), a server that sends no
+/// response headers within it has stalled. A non-2xx answer is read (bounded)
+/// and classified, its text passed through `scrub` (which removes secrets).
+///
+/// # Errors
+/// The classified failure.
+pub async fn send_checked(
+    rb: reqwest::RequestBuilder,
+    first_token_timeout: Option<Duration>,
+    scrub: &(dyn Fn(&str) -> String + Sync),
+) -> Result<reqwest::Response, Failure> {
+    let send = rb.send();
+    let resp = match first_token_timeout {
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(Failure::fatal(ProviderError::TimedOut(format!(
+                    "the stream stalled: no response within {} ms",
+                    limit.as_millis()
+                ))));
+            }
+        },
+        None => send.await,
+    };
+    let mut resp = resp.map_err(|e| send_error(&e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let headers = resp.headers().clone();
+        let body = read_bounded(&mut resp, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_default();
+        let f = classify(status, &headers, &body, scrub);
+        tracing::debug!(status = status.as_u16(), error = %f.error, "model request failed");
+        return Err(f);
+    }
+    Ok(resp)
+}
+
+/// Whether the answer's `Content-Type` starts with `mime`.
+pub fn content_type_is(resp: &reqwest::Response, mime: &str) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(mime))
+}
+
 /// What sending a request and waiting for the response headers can fail with.
 pub fn send_error(e: &reqwest::Error) -> Failure {
     let message = chain(e);

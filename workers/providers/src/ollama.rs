@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use orch_shared::wire::Usage;
 use orch_worker::{JobContext, ProviderInfo};
 use reqwest::Url;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::ACCEPT;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -23,7 +23,7 @@ use crate::chat::{ChatModel, ChatRequest, ChatResponse, ProviderError};
 use crate::http::{self, Failure};
 use crate::openai::{StructuredOutput, schema_instructions};
 use crate::retry::{self, RetryPolicy};
-use crate::stream::{LineSplitter, MAX_TEXT_BYTES, StallTimer};
+use crate::stream::{LineSplitter, MAX_TEXT_BYTES, StallTimer, read_frames};
 
 /// Where `ollama serve` listens by default.
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:11434";
@@ -166,36 +166,9 @@ impl OllamaChat {
             .headers(trace_headers())
             .json(body);
         let timer = StallTimer::start(self.cfg.first_token_timeout, self.cfg.chunk_timeout);
-        let resp = if self.cfg.stream {
-            match tokio::time::timeout(self.cfg.first_token_timeout, rb.send()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(Failure::fatal(ProviderError::TimedOut(format!(
-                        "the stream stalled: no response within {} ms",
-                        self.cfg.first_token_timeout.as_millis()
-                    ))));
-                }
-            }
-        } else {
-            rb.send().await
-        };
-        let mut resp = resp.map_err(|e| http::send_error(&e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let headers = resp.headers().clone();
-            let body = http::read_bounded(&mut resp, http::MAX_ERROR_BODY_BYTES)
-                .await
-                .unwrap_or_default();
-            let f = http::classify(status, &headers, &body, &|s| s.to_string());
-            tracing::debug!(status = status.as_u16(), error = %f.error, "ollama chat failed");
-            return Err(f);
-        }
-        let ndjson = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-ndjson"));
-        let r = if ndjson || self.cfg.stream {
+        let first_token = self.cfg.stream.then_some(self.cfg.first_token_timeout);
+        let resp = http::send_checked(rb, first_token, &|s| s.to_string()).await?;
+        let r = if self.cfg.stream || http::content_type_is(&resp, "application/x-ndjson") {
             self.read_stream(resp, timer).await
         } else {
             self.read_json(resp).await
@@ -214,31 +187,8 @@ impl OllamaChat {
         mut resp: reqwest::Response,
         mut timer: StallTimer,
     ) -> Result<ChatResponse, ProviderError> {
-        let mut lines = LineSplitter::default();
         let mut answer = StreamedReply::default();
-        let mut ended = false;
-        while !answer.is_done() && !ended {
-            let batch = match timer.next_chunk(&mut resp).await? {
-                Some(chunk) => lines.push(&chunk).map_err(ProviderError::stream)?,
-                None => {
-                    ended = true;
-                    lines
-                        .finish()
-                        .map_err(ProviderError::stream)?
-                        .into_iter()
-                        .collect()
-                }
-            };
-            for raw in batch {
-                if raw.trim().is_empty() {
-                    continue;
-                }
-                timer.progress();
-                if answer.push(&raw)? {
-                    break;
-                }
-            }
-        }
+        read_frames::<LineSplitter>(&mut resp, &mut timer, |line| answer.push(line)).await?;
         answer.finish(&self.cfg.model)
     }
 }

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use orch_shared::wire::Usage;
 use orch_worker::{JobContext, ProviderInfo};
 use reqwest::Url;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -26,7 +26,7 @@ use crate::chat::{ChatModel, ChatRequest, ChatResponse, ProviderError};
 use crate::http::{self, ErrorInfo, Failure};
 use crate::retry::{self, RetryPolicy};
 use crate::secret::ApiKey;
-use crate::stream::{MAX_TEXT_BYTES, SseDecoder, StallTimer};
+use crate::stream::{MAX_TEXT_BYTES, SseDecoder, StallTimer, read_frames};
 
 /// OpenAI's own endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -305,38 +305,10 @@ impl OpenAiChat {
         orch_shared::trace::inject_http(&mut trace_headers);
         rb = rb.headers(trace_headers);
         let timer = StallTimer::start(self.cfg.first_token_timeout, self.cfg.chunk_timeout);
-        let send = rb.send();
-        let resp = if self.cfg.stream {
-            // A server that does not even send headers within the first-token limit has stalled.
-            match tokio::time::timeout(self.cfg.first_token_timeout, send).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(Failure::fatal(ProviderError::TimedOut(format!(
-                        "the stream stalled: no response within {} ms",
-                        self.cfg.first_token_timeout.as_millis()
-                    ))));
-                }
-            }
-        } else {
-            send.await
-        };
-        let mut resp = resp.map_err(|e| http::send_error(&e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let headers = resp.headers().clone();
-            let body = http::read_bounded(&mut resp, http::MAX_ERROR_BODY_BYTES)
-                .await
-                .unwrap_or_default();
-            let f = http::classify(status, &headers, &body, &|s| self.scrub(s));
-            tracing::debug!(status = status.as_u16(), error = %f.error, "chat completion failed");
-            return Err(f);
-        }
-        let is_sse = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let r = if is_sse {
+        // A server that does not even send headers within the first-token limit has stalled.
+        let first_token = self.cfg.stream.then_some(self.cfg.first_token_timeout);
+        let resp = http::send_checked(rb, first_token, &|s| self.scrub(s)).await?;
+        let r = if http::content_type_is(&resp, "text/event-stream") {
             self.read_stream(resp, timer).await
         } else {
             self.read_json(resp).await
@@ -356,28 +328,8 @@ impl OpenAiChat {
         mut timer: StallTimer,
     ) -> Result<ChatResponse, ProviderError> {
         let scrub = |s: &str| self.scrub(s);
-        let mut decoder = SseDecoder::default();
         let mut answer = StreamedCompletion::default();
-        let mut ended = false;
-        while !answer.is_done() && !ended {
-            let events = match timer.next_chunk(&mut resp).await? {
-                Some(chunk) => decoder.push(&chunk).map_err(ProviderError::stream)?,
-                None => {
-                    ended = true;
-                    decoder
-                        .finish()
-                        .map_err(ProviderError::stream)?
-                        .into_iter()
-                        .collect()
-                }
-            };
-            for data in events {
-                if answer.push(&data, &scrub)? {
-                    break;
-                }
-                timer.progress();
-            }
-        }
+        read_frames::<SseDecoder>(&mut resp, &mut timer, |data| answer.push(data, &scrub)).await?;
         answer.finish(&self.cfg.model)
     }
 }

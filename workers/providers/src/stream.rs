@@ -187,6 +187,74 @@ impl StallTimer {
     }
 }
 
+/// How a streamed body splits into frames: NDJSON lines ([`LineSplitter`])
+/// or SSE events ([`SseDecoder`]).
+pub trait Framing: Default {
+    /// Feeds bytes; returns the frames completed by them.
+    ///
+    /// # Errors
+    /// A malformed frame.
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String>;
+    /// At end of stream: a last frame without its terminator.
+    ///
+    /// # Errors
+    /// A malformed last frame.
+    fn finish(&mut self) -> Result<Option<String>, String>;
+}
+
+impl Framing for LineSplitter {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+        LineSplitter::push(self, bytes)
+    }
+    fn finish(&mut self) -> Result<Option<String>, String> {
+        LineSplitter::finish(self)
+    }
+}
+
+impl Framing for SseDecoder {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+        SseDecoder::push(self, bytes)
+    }
+    fn finish(&mut self) -> Result<Option<String>, String> {
+        SseDecoder::finish(self)
+    }
+}
+
+/// Reads a streamed answer frame by frame, within `timer`'s deadlines, until
+/// `take` says the answer is complete (returns `true`) or the body ends. Blank
+/// frames are skipped; every other frame counts as progress.
+///
+/// # Errors
+/// A stall, a broken connection, a malformed frame, or what `take` returns.
+pub async fn read_frames<F: Framing>(
+    resp: &mut reqwest::Response,
+    timer: &mut StallTimer,
+    mut take: impl FnMut(&str) -> Result<bool, ProviderError>,
+) -> Result<(), ProviderError> {
+    let mut framing = F::default();
+    loop {
+        let (frames, ended) = match timer.next_chunk(resp).await? {
+            Some(chunk) => (framing.push(&chunk).map_err(ProviderError::stream)?, false),
+            None => {
+                let last = framing.finish().map_err(ProviderError::stream)?;
+                (last.into_iter().collect(), true)
+            }
+        };
+        for frame in frames {
+            if frame.trim().is_empty() {
+                continue;
+            }
+            timer.progress();
+            if take(&frame)? {
+                return Ok(());
+            }
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
