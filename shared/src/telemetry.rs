@@ -330,51 +330,38 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
     }
 }
 
-fn span_exporter(
-    protocol: &str,
-    client: Option<reqwest::blocking::Client>,
-) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
-    let b = opentelemetry_otlp::SpanExporter::builder();
-    let http = |p: Protocol| {
-        let h = b.clone().with_http().with_protocol(p);
-        match client.clone() {
-            Some(c) => h.with_http_client(c).build(),
-            None => h.build(),
+/// `fn $name(protocol, client) -> Result<$exporter, String>`: an OTLP exporter
+/// for `protocol`, over `client` when TLS settings asked for one. (Span and
+/// metric exporter builders are distinct types with the same methods.)
+macro_rules! otlp_exporter {
+    ($name:ident, $exporter:ty) => {
+        fn $name(
+            protocol: &str,
+            client: Option<reqwest::blocking::Client>,
+        ) -> Result<$exporter, String> {
+            use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
+            let b = <$exporter>::builder();
+            let http = |p: Protocol| {
+                let h = b.clone().with_http().with_protocol(p);
+                match client.clone() {
+                    Some(c) => h.with_http_client(c).build(),
+                    None => h.build(),
+                }
+            };
+            match protocol {
+                "http/protobuf" => http(Protocol::HttpBinary),
+                "http/json" => http(Protocol::HttpJson),
+                #[cfg(feature = "otlp-grpc")]
+                "grpc" => b.with_tonic().build(),
+                other => return Err(unsupported(other)),
+            }
+            .map_err(|e| e.to_string())
         }
     };
-    match protocol {
-        "http/protobuf" => http(Protocol::HttpBinary),
-        "http/json" => http(Protocol::HttpJson),
-        #[cfg(feature = "otlp-grpc")]
-        "grpc" => b.with_tonic().build(),
-        other => return Err(unsupported(other)),
-    }
-    .map_err(|e| e.to_string())
 }
 
-fn metric_exporter(
-    protocol: &str,
-    client: Option<reqwest::blocking::Client>,
-) -> Result<opentelemetry_otlp::MetricExporter, String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
-    let b = opentelemetry_otlp::MetricExporter::builder();
-    let http = |p: Protocol| {
-        let h = b.clone().with_http().with_protocol(p);
-        match client.clone() {
-            Some(c) => h.with_http_client(c).build(),
-            None => h.build(),
-        }
-    };
-    match protocol {
-        "http/protobuf" => http(Protocol::HttpBinary),
-        "http/json" => http(Protocol::HttpJson),
-        #[cfg(feature = "otlp-grpc")]
-        "grpc" => b.with_tonic().build(),
-        other => return Err(unsupported(other)),
-    }
-    .map_err(|e| e.to_string())
-}
+otlp_exporter!(span_exporter, opentelemetry_otlp::SpanExporter);
+otlp_exporter!(metric_exporter, opentelemetry_otlp::MetricExporter);
 
 /// TLS settings for an OTLP/HTTP exporter from the standard variables
 /// `OTEL_EXPORTER_OTLP_[<SIGNAL>_]CERTIFICATE` (PEM file of the CAs to trust
