@@ -202,25 +202,12 @@ impl Pipeline {
         // ---- Phase 2: reasoning ----
         let mut plan: Option<Plan> = None;
         if spec.roles.contains(Role::Reasoner) {
-            let phase_start =
-                Box::pin(self.phase_started(&spec, Phase::Reasoning, &[Role::Reasoner])).await;
-            let deadline = Instant::now() + spec.timeouts.reasoning;
             let mut req = self.work_request(&spec, Role::Reasoner);
             req.vision = vision.clone();
             req.web = web.clone();
-            let run = Box::pin(self.run_chain(&spec, started, Role::Reasoner, req, deadline))
-                .instrument(crate::telemetry::phase_span(Phase::Reasoning.as_str()))
-                .await;
-            runs.insert(Role::Reasoner, run);
+            let phase = (Phase::Reasoning, Role::Reasoner, spec.timeouts.reasoning);
+            Box::pin(self.one_role_phase(&spec, started, phase, req, &mut runs)).await;
             plan = parsed(&runs, Role::Reasoner);
-            Box::pin(self.phase_completed(
-                &spec,
-                Phase::Reasoning,
-                phase_start,
-                &runs,
-                &[Role::Reasoner],
-            ))
-            .await;
         }
 
         // ---- Phase 3: verification ----
@@ -228,26 +215,17 @@ impl Pipeline {
         if spec.roles.contains(Role::Verifier)
             && let Some(answer) = &plan
         {
-            let phase_start =
-                Box::pin(self.phase_started(&spec, Phase::Verification, &[Role::Verifier])).await;
-            let deadline = Instant::now() + spec.timeouts.verification;
             let mut req = self.work_request(&spec, Role::Verifier);
             req.vision = vision.clone();
             req.web = web.clone();
             req.answer = Some(answer.clone());
-            let run = Box::pin(self.run_chain(&spec, started, Role::Verifier, req, deadline))
-                .instrument(crate::telemetry::phase_span(Phase::Verification.as_str()))
-                .await;
-            runs.insert(Role::Verifier, run);
-            verdict = parsed(&runs, Role::Verifier);
-            Box::pin(self.phase_completed(
-                &spec,
+            let phase = (
                 Phase::Verification,
-                phase_start,
-                &runs,
-                &[Role::Verifier],
-            ))
-            .await;
+                Role::Verifier,
+                spec.timeouts.verification,
+            );
+            Box::pin(self.one_role_phase(&spec, started, phase, req, &mut runs)).await;
+            verdict = parsed(&runs, Role::Verifier);
         }
 
         // ---- Phase 4: synthesis ----
@@ -268,6 +246,25 @@ impl Pipeline {
             .await;
         }
         assemble(&spec, started, runs, plan.is_some(), outcome)
+    }
+
+    /// A phase of one role (reasoning, verification): announced, the role's
+    /// chain run within the phase's time, recorded in `runs`, announced done.
+    async fn one_role_phase(
+        &self,
+        spec: &TaskSpec,
+        started: Instant,
+        (phase, role, timeout): (Phase, Role, Duration),
+        req: WorkRequest,
+        runs: &mut BTreeMap<Role, RoleRun>,
+    ) {
+        let phase_start = Box::pin(self.phase_started(spec, phase, &[role])).await;
+        let deadline = Instant::now() + timeout;
+        let run = Box::pin(self.run_chain(spec, started, role, req, deadline))
+            .instrument(crate::telemetry::phase_span(phase.as_str()))
+            .await;
+        runs.insert(role, run);
+        Box::pin(self.phase_completed(spec, phase, phase_start, runs, &[role])).await;
     }
 
     /// Phase 1: vision ‖ web, each down its own chain, within the phase's time.
