@@ -20,6 +20,7 @@
 
 pub mod doc;
 pub mod mutate;
+pub mod words;
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -30,7 +30,9 @@ use crate::wire::{
 use crate::{headers, subjects};
 
 /// Field names and values that get mutated inputs past the first checks.
-pub(crate) const WORDS: &[&str] = &[
+/// The submit and result words, besides the wire's shared ones
+/// ([`words()`] has them all).
+const OWN_WORDS: &[&str] = &[
     "task",
     "tools",
     "available_tools",
@@ -48,52 +50,8 @@ pub(crate) const WORDS: &[&str] = &[
     "reasoning_ms",
     "verification_ms",
     "orch_screenshots",
-    "vision",
-    "web",
-    "reasoner",
-    "verifier",
-    "kimi_k2",
-    "chatgpt",
-    "web_search",
     "role",
     "slot",
-    "default",
-    "provider",
-    "model",
-    "content",
-    "usage",
-    "input_tokens",
-    "output_tokens",
-    "worker_id",
-    "elapsed_ms",
-    "query",
-    "answer",
-    "steps",
-    "tool",
-    "args",
-    "why",
-    "confidence",
-    "verdict",
-    "approved",
-    "rejected",
-    "issues",
-    "description",
-    "elements",
-    "kind",
-    "label",
-    "errors_detected",
-    "suggested_actions",
-    "results",
-    "pages",
-    "title",
-    "url",
-    "snippet",
-    "text",
-    "error",
-    "code",
-    "message",
-    "invalid_request",
-    "timed_out",
     "model_results",
     "primary_answer",
     "fallback_chain",
@@ -101,6 +59,11 @@ pub(crate) const WORDS: &[&str] = &[
     "outcome",
     "t-1",
 ];
+
+/// Every word these targets inject.
+pub(crate) fn words() -> Vec<&'static str> {
+    [OWN_WORDS, &orch_fuzz::words::wire()].concat()
+}
 
 /// Both codecs.
 const ENCODINGS: [Encoding; 2] = [Encoding::Json, Encoding::MsgPack];
@@ -186,7 +149,7 @@ fn submit_corpus() -> Corpus {
         .value(&full)
         .value(&by_ref)
         .json(json!({"task": "x", "screenshot": "data:image/png;base64,iVBORw0KGgo="}))
-        .words(WORDS)
+        .words(&words())
 }
 
 fn check_submit(enc: Encoding, input: &Input) -> Checked {
@@ -234,7 +197,7 @@ fn results_get() {
             task_id: "t-1".into(),
         })
         .json(json!({"task_id": "0190a5b2c3d4e5f6a7b8c9d0e1f2a3b4"}))
-        .words(WORDS);
+        .words(&words());
     target("shared.results_get").run(either(&corpus), |(enc, input)| {
         if let Some(q) = decode_checked::<ResultQuery>(enc, input.bytes())? {
             // The coordinator parses the id next; either way is an answer.
@@ -352,7 +315,7 @@ pub(crate) fn work_request_corpus() -> Corpus {
     work_requests()
         .iter()
         .fold(Corpus::new(), |c, w| c.value(w))
-        .words(WORDS)
+        .words(&words())
 }
 
 /// Successful worker replies, one per role output.
@@ -385,7 +348,7 @@ pub(crate) fn work_reply_corpus() -> Corpus {
     work_replies()
         .iter()
         .fold(Corpus::new(), |c, r| c.value(r))
-        .words(WORDS)
+        .words(&words())
 }
 
 #[test]
@@ -474,7 +437,7 @@ fn error_reply_from_headers() {
             "unknown tool `x`\nline",
         ))
         .json(json!({"error": {"code": "from_the_future", "message": ""}}))
-        .words(WORDS);
+        .words(&words());
     let strategy = (header_map(), either(&bodies));
     target("shared.error_reply").run(strategy, |(h, (_, payload))| {
         let body = error_from_reply(h.as_ref(), payload.bytes());
@@ -505,7 +468,7 @@ fn error_reply_from_headers() {
 
 #[test]
 fn ids_subjects_and_header_values() {
-    let words: Vec<&str> = WORDS
+    let words: Vec<&str> = words()
         .iter()
         .chain(HEADER_VALUES)
         .copied()
@@ -617,7 +580,7 @@ fn client_views() {
             trace_id: None,
             details: json!({"role": "reasoner", "slot": "kimi_k2", "stats": {"fallbacks": 1}}),
         })
-        .words(WORDS);
+        .words(&words());
     target("shared.client_views").run(either(&corpus), |(enc, input)| {
         if let Some(r) = decode_checked::<OrchestratedResult>(enc, input.bytes())? {
             let _ = (r.succeeded(), r.plan(), r.verdict());

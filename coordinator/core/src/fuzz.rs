@@ -22,46 +22,6 @@ use crate::pipeline::{TaskSpec, validate};
 use crate::results::decode as decode_stored;
 use crate::stats::{Stats, StatsDelta};
 use crate::synthesis::{self, Inputs};
-
-const WORDS: &[&str] = &[
-    "provider",
-    "model",
-    "content",
-    "usage",
-    "input_tokens",
-    "output_tokens",
-    "worker_id",
-    "elapsed_ms",
-    "steps",
-    "tool",
-    "args",
-    "why",
-    "answer",
-    "confidence",
-    "verdict",
-    "approved",
-    "rejected",
-    "uncertain",
-    "issues",
-    "description",
-    "elements",
-    "kind",
-    "label",
-    "errors_detected",
-    "suggested_actions",
-    "query",
-    "results",
-    "pages",
-    "title",
-    "url",
-    "snippet",
-    "text",
-    "error",
-    "code",
-    "message",
-    "timed_out",
-];
-
 fn replies() -> Corpus {
     let reply = |content: serde_json::Value| WorkReply {
         provider: "openai".into(),
@@ -94,7 +54,7 @@ fn replies() -> Corpus {
             ErrorCode::TimedOut,
             "the job's budget ran out",
         ))
-        .words(WORDS)
+        .words(&orch_fuzz::words::wire())
 }
 
 const STATUSES: &[Option<u16>] = &[

@@ -478,27 +478,8 @@ fn reply_corpus() -> Corpus {
         .json(plan_obj_args)
         .json(verdict)
         .json(vision)
-        .words(&[
-            "steps",
-            "tool",
-            "args",
-            "name",
-            "value",
-            "why",
-            "answer",
-            "confidence",
-            "verdict",
-            "approved",
-            "rejected",
-            "uncertain",
-            "issues",
-            "description",
-            "elements",
-            "kind",
-            "label",
-            "errors_detected",
-            "suggested_actions",
-        ])
+        .words(orch_fuzz::words::ROLE_OUTPUTS)
+        .words(&["name", "value"])
 }
 
 /// The text around a JSON reply: prose, code fences, a `<think>` block.

@@ -23,21 +23,10 @@ const WORDS: &[&str] = &[
     "context",
     "available_tools",
     "screenshot",
-    "query",
     "screenshot_ref",
     "bucket",
     "name",
     "orch_screenshots",
-    "vision",
-    "web",
-    "reasoner",
-    "verifier",
-    "answer",
-    "steps",
-    "confidence",
-    "default",
-    "kimi_k2",
-    "chatgpt",
     "searxng",
 ];
 
@@ -113,6 +102,7 @@ fn requests() -> Corpus {
         .value(&web)
         .json(json!({"task_id": "t-1", "role": "reasoner", "slot": "kimi_k2", "task": "plan"}))
         .words(WORDS)
+        .words(&orch_fuzz::words::wire())
 }
 
 /// Headers as a coordinator (or anyone allowed to publish) might send them.
