@@ -14,6 +14,7 @@ pub mod headers;
 pub mod ids;
 pub mod role;
 pub mod schema;
+pub mod secret;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;

@@ -23,7 +23,7 @@ use crate::ollama::{self, OllamaChat, OllamaConfig};
 use crate::openai::{self, MaxTokensField, OpenAiChat, OpenAiConfig, Quirks, StructuredOutput};
 use crate::retry::{DEFAULT_MAX_RETRIES, RetryPolicy};
 use crate::roles::{DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, LlmHandler, RoleOptions};
-use crate::secret::ApiKey;
+use orch_shared::secret::ApiKey;
 
 /// Largest API key file read: keys are tens of bytes.
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;

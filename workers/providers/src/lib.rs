@@ -11,7 +11,7 @@
 //! - [`cli`]: the providers' flags and handler construction for the worker binaries.
 //! - Plumbing: [`http`] (client, error mapping), [`retry`] (deadline-aware
 //!   retries), [`stream`] (SSE/NDJSON with stall timeouts), [`image`]
-//!   (screenshot validation), [`secret`] (API keys that never print).
+//!   (screenshot validation); API keys are `orch_shared::secret::ApiKey`.
 #![forbid(unsafe_code)]
 
 pub mod chat;
@@ -22,7 +22,6 @@ pub mod ollama;
 pub mod openai;
 pub mod retry;
 pub mod roles;
-pub mod secret;
 pub mod stream;
 
 #[cfg(test)]

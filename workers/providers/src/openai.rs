@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use crate::chat::{ChatModel, ChatRequest, ChatResponse, ProviderError};
 use crate::http::{self, ErrorInfo, Failure};
 use crate::retry::{self, RetryPolicy};
-use crate::secret::ApiKey;
 use crate::stream::{MAX_TEXT_BYTES, SseDecoder, StallTimer, read_frames};
+use orch_shared::secret::ApiKey;
 
 /// OpenAI's own endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -289,7 +289,7 @@ impl OpenAiChat {
     /// One HTTP exchange: send, check the status, read the reply.
     async fn exchange(&self, body: &Value) -> Result<ChatResponse, Failure> {
         let mut rb = self.client.post(self.endpoint.clone()).json(body);
-        if let Some(auth) = self.cfg.api_key.as_ref().and_then(ApiKey::bearer) {
+        if let Some(auth) = self.cfg.api_key.as_ref().map(ApiKey::bearer) {
             rb = rb.header(AUTHORIZATION, auth);
         }
         rb = rb.header(

@@ -16,7 +16,7 @@ use crate::browser::{BrowserSettings, DEFAULT_CHROMIUM};
 use crate::fetch::FetchConfig;
 use crate::handler::PagePlan;
 use crate::search::{Backend, SearchConfig};
-use crate::secret::ApiKey;
+use orch_shared::secret::ApiKey;
 
 /// Default `--max-results`: a first page of results, as every engine returns.
 pub const DEFAULT_MAX_RESULTS: usize = 10;
@@ -258,12 +258,10 @@ impl WebArgs {
             },
             (None, var) => {
                 let var = var.as_deref().unwrap_or(default_env);
-                match env(var).as_deref().map(ApiKey::new) {
-                    Some(Some(k)) => k,
-                    Some(None) => {
-                        problems.push(format!(
-                            "${var} is empty or not usable as an HTTP header value"
-                        ));
+                match env(var).map(ApiKey::new) {
+                    Some(Ok(k)) => k,
+                    Some(Err(e)) => {
+                        problems.push(format!("${var}: {e}"));
                         return None;
                     }
                     None => {

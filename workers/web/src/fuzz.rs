@@ -19,7 +19,7 @@ use crate::search::{
     Backend, MAX_SNIPPET_BYTES, MAX_TITLE_BYTES, MAX_URL_BYTES, RetryWait, decode_response,
     retry_wait,
 };
-use crate::secret::ApiKey;
+use orch_shared::secret::ApiKey;
 
 fn backends() -> Vec<Backend> {
     let key = ApiKey::new("fuzz-key").map_or(Backend::Searxng, Backend::Brave);

@@ -11,7 +11,7 @@
 //! - [`extract`]: readable text and title from HTML.
 //! - [`browser`]: `--browser` rendering in headless Chromium.
 //! - [`handler`]: the role itself: search, then read the top pages.
-//! - [`secret`]: API keys that cannot be printed.
+//! - API keys are `orch_shared::secret::ApiKey` (they cannot be printed).
 #![forbid(unsafe_code)]
 
 pub mod browser;
@@ -22,7 +22,6 @@ pub mod handler;
 mod http;
 pub mod netguard;
 pub mod search;
-pub mod secret;
 
 #[cfg(test)]
 mod fuzz;

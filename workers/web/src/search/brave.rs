@@ -15,7 +15,7 @@ use reqwest::{Client, RequestBuilder, Url};
 use serde_json::Value;
 
 use super::{RawHit, array_at, endpoint};
-use crate::secret::ApiKey;
+use orch_shared::secret::ApiKey;
 
 /// The public API (the path is appended per endpoint).
 pub const DEFAULT_BASE_URL: &str = "https://api.search.brave.com/res/v1";

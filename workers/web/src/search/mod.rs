@@ -22,7 +22,7 @@ use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
 use crate::http::{self, error_chain, excerpt, read_capped, truncate_utf8};
-use crate::secret::ApiKey;
+use orch_shared::secret::ApiKey;
 
 pub use brave::MAX_COUNT as BRAVE_MAX_COUNT;
 pub use tavily::MAX_RESULTS as TAVILY_MAX_RESULTS;

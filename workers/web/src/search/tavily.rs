@@ -12,7 +12,7 @@ use reqwest::{Client, RequestBuilder, Url};
 use serde_json::{Value, json};
 
 use super::{RawHit, array_at, endpoint};
-use crate::secret::ApiKey;
+use orch_shared::secret::ApiKey;
 
 /// The public API.
 pub const DEFAULT_BASE_URL: &str = "https://api.tavily.com";
