@@ -57,17 +57,7 @@ impl EventSink {
                 .await;
             return None;
         };
-        let event = Event {
-            task_id: task_id.to_string(),
-            kind,
-            ts: now_rfc3339(),
-            trace_id: orch_shared::trace::current_trace_id(),
-            details,
-        };
-        let payload = Encoding::Json.encode(&event).ok()?;
-        let mut headers = Encoding::Json.headers();
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        orch_shared::trace::inject(&mut headers);
+        let (headers, payload) = message(task_id, kind, details, Some(&msg_id))?;
         match js
             .publish_with_headers(subjects::event(task_id, kind), headers, payload)
             .await
@@ -101,25 +91,9 @@ impl EventSink {
         msg_id: Option<&str>,
     ) {
         let Some(client) = &self.client else { return };
-        let event = Event {
-            task_id: task_id.to_string(),
-            kind,
-            ts: now_rfc3339(),
-            trace_id: orch_shared::trace::current_trace_id(),
-            details,
+        let Some((headers, payload)) = message(task_id, kind, details, msg_id) else {
+            return;
         };
-        let payload = match Encoding::Json.encode(&event) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(%task_id, kind = kind.as_str(), error = %e, "event encoding failed");
-                return;
-            }
-        };
-        let mut headers = Encoding::Json.headers();
-        orch_shared::trace::inject(&mut headers);
-        if let Some(id) = msg_id {
-            headers.insert("Nats-Msg-Id", id);
-        }
         if let Err(e) = client
             .publish_with_headers(subjects::event(task_id, kind), headers, payload)
             .await
@@ -127,6 +101,36 @@ impl EventSink {
             tracing::warn!(%task_id, kind = kind.as_str(), error = %e, "event publish failed");
         }
     }
+}
+
+/// An event's headers and JSON body, in the current trace; `msg_id` makes the
+/// event stream keep only its first copy. `None` (logged) if it cannot be encoded.
+fn message(
+    task_id: &TaskId,
+    kind: EventKind,
+    details: Value,
+    msg_id: Option<&str>,
+) -> Option<(async_nats::HeaderMap, bytes::Bytes)> {
+    let event = Event {
+        task_id: task_id.to_string(),
+        kind,
+        ts: now_rfc3339(),
+        trace_id: orch_shared::trace::current_trace_id(),
+        details,
+    };
+    let payload = match Encoding::Json.encode(&event) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%task_id, kind = kind.as_str(), error = %e, "event encoding failed");
+            return None;
+        }
+    };
+    let mut headers = Encoding::Json.headers();
+    orch_shared::trace::inject(&mut headers);
+    if let Some(id) = msg_id {
+        headers.insert("Nats-Msg-Id", id);
+    }
+    Some((headers, payload))
 }
 
 /// The `Nats-Msg-Id` of a task's final event (one per task).
