@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use clap::{CommandFactory as _, Parser};
 use orch_providers::cli::ModelArgs;
-use orch_shared::config::{ConfigError, Problems, exit_config, parse_command};
+use orch_shared::config::{Problems, parse_command};
 use orch_shared::{Role, telemetry};
+use orch_worker::run::run_checked;
 use orch_worker::sim::{SimArgs, SimHandler};
 use orch_worker::{Handler, WorkerArgs};
 
@@ -60,8 +61,40 @@ struct Cli {
     sim: SimArgs,
 }
 
+/// The process allocator of model worker binaries (see [`model_worker_main`](crate::model_worker_main)).
+pub use orch_shared::Allocator;
+
+/// The whole `main` of a model worker binary: when re-executed as the local
+/// model's child process, serve the model (never returns); else run `$worker`
+/// on a tokio runtime. Also installs the process allocator.
+#[macro_export]
+macro_rules! model_worker_main {
+    ($worker:expr) => {
+        #[global_allocator]
+        static ALLOC: $crate::worker::Allocator = $crate::worker::Allocator;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::maybe_run_child();
+            $crate::worker::block_on_run($worker)
+        }
+    };
+}
+
+/// [`run`] on a new multi-threaded tokio runtime.
+pub fn block_on_run(w: ModelWorker) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(w)),
+        Err(e) => {
+            eprintln!("{}: cannot start the async runtime: {e}", w.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the worker until SIGTERM and drain; the process's exit code.
-/// (The binary's `main` calls [`crate::maybe_run_child`] first.)
 pub async fn run(w: ModelWorker) -> ExitCode {
     let cli: Cli = parse_command(Cli::command().name(w.name).bin_name(w.name).about(w.about));
     let telemetry = telemetry::init(w.name, &cli.worker.log);
@@ -84,18 +117,7 @@ pub async fn run(w: ModelWorker) -> ExitCode {
     } else {
         w.hosted_slot
     };
-    let serve_cfg = match cli.worker.serve_config(default_slot, 8, problems) {
-        Ok(c) => c,
-        Err(e) => exit_config(w.name, &e),
-    };
-    // A handler is missing only together with a problem, which serve_config reported.
-    let Some(handler) = handler else {
-        exit_config(
-            w.name,
-            &ConfigError(vec!["no backend could be built".into()]),
-        )
-    };
-    let code = orch_worker::run::run(&cli.worker, handler, serve_cfg).await;
+    let code = run_checked(w.name, &cli.worker, handler, (default_slot, 8), problems).await;
     telemetry.shutdown().await;
     code
 }

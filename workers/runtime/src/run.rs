@@ -4,12 +4,36 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use orch_shared::config::EXIT_UNAVAILABLE;
+use orch_shared::config::{ConfigError, EXIT_UNAVAILABLE, Problems, exit_config};
 use orch_shared::shutdown;
 
 use crate::args::WorkerArgs;
 use crate::handler::Handler;
 use crate::serve::{ServeConfig, serve};
+
+/// A worker binary's life after its flags are parsed and its handler built:
+/// the configuration is checked (every problem listed, exit 64; a `handler`
+/// that could not be built has reported its problem too), then [`run`] with
+/// `default_slot` and `default_concurrency` where the flags say nothing.
+pub async fn run_checked(
+    program: &str,
+    args: &WorkerArgs,
+    handler: Option<Arc<dyn Handler>>,
+    (default_slot, default_concurrency): (&str, usize),
+    problems: Problems,
+) -> ExitCode {
+    let cfg = match args.serve_config(default_slot, default_concurrency, problems) {
+        Ok(c) => c,
+        Err(e) => exit_config(program, &e),
+    };
+    let Some(handler) = handler else {
+        exit_config(
+            program,
+            &ConfigError(vec!["no backend could be built".into()]),
+        )
+    };
+    run(args, handler, cfg).await
+}
 
 /// Connects to NATS and serves `handler` until a shutdown signal, then drains.
 ///

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use orch_providers::cli::ModelArgs;
-use orch_shared::config::{ConfigError, Problems, exit_config, parse_args};
+use orch_shared::config::{Problems, parse_args};
 use orch_shared::{Role, telemetry};
+use orch_worker::run::run_checked;
 use orch_worker::sim::{SimArgs, SimHandler};
 use orch_worker::{Handler, WorkerArgs};
 
@@ -56,15 +57,8 @@ async fn main() -> ExitCode {
             Some(Arc::new(SimHandler::new(ROLE, cli.sim.clone())))
         }
     };
-    let serve_cfg = match cli.worker.serve_config("default", 1, problems) {
-        Ok(c) => c,
-        Err(e) => exit_config(NAME, &e),
-    };
-    // A handler is missing only together with a problem, which serve_config reported.
-    let Some(handler) = handler else {
-        exit_config(NAME, &ConfigError(vec!["no backend could be built".into()]))
-    };
-    let code = orch_worker::run::run(&cli.worker, handler, serve_cfg).await;
+    // One GPU, one image at a time unless --concurrency says otherwise.
+    let code = run_checked(NAME, &cli.worker, handler, ("default", 1), problems).await;
     telemetry.shutdown().await;
     code
 }
