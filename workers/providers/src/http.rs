@@ -42,6 +42,19 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// `base` with `path` appended (one `/` between them, whatever `base` ends with).
+///
+/// # Errors
+/// [`ProviderError::BadRequest`] for a base URL that cannot take a path.
+pub fn endpoint(base: &reqwest::Url, path: &str) -> Result<reqwest::Url, ProviderError> {
+    reqwest::Url::parse(&format!(
+        "{}/{}",
+        base.as_str().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    ))
+    .map_err(|e| ProviderError::BadRequest(format!("invalid base URL: {e}")))
+}
+
 /// Builds the HTTP client a backend uses for its whole life (connection pool included).
 ///
 /// Redirects are not followed: an API endpoint that redirects a POST is

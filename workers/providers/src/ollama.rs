@@ -95,11 +95,7 @@ impl OllamaChat {
     /// # Errors
     /// A base URL that cannot take a path, or an HTTP client setup failure.
     pub fn new(cfg: OllamaConfig) -> Result<OllamaChat, ProviderError> {
-        let endpoint = Url::parse(&format!(
-            "{}/api/chat",
-            cfg.base_url.as_str().trim_end_matches('/')
-        ))
-        .map_err(|e| ProviderError::BadRequest(format!("invalid base URL: {e}")))?;
+        let endpoint = http::endpoint(&cfg.base_url, "api/chat")?;
         Ok(OllamaChat {
             client: http::client(cfg.connect_timeout)?,
             endpoint,

@@ -158,11 +158,7 @@ impl OpenAiChat {
     /// # Errors
     /// A base URL that cannot take a path, or a TLS setup failure.
     pub fn new(cfg: OpenAiConfig) -> Result<OpenAiChat, ProviderError> {
-        let endpoint = Url::parse(&format!(
-            "{}/chat/completions",
-            cfg.base_url.as_str().trim_end_matches('/')
-        ))
-        .map_err(|e| ProviderError::BadRequest(format!("invalid base URL: {e}")))?;
+        let endpoint = http::endpoint(&cfg.base_url, "chat/completions")?;
         Ok(OpenAiChat {
             client: http::client(cfg.connect_timeout)?,
             gen_ai: gen_ai_provider_for(&cfg.base_url),
