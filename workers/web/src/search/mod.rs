@@ -441,6 +441,18 @@ fn array_at<'a>(json: &'a Value, path: &[&str]) -> Result<&'a [Value], String> {
     }
 }
 
+/// Hits listed as `results: [{title, url, content}]` (SearxNG, Tavily).
+fn results_title_url_content(json: &Value) -> Result<Vec<RawHit<'_>>, String> {
+    Ok(array_at(json, &["results"])?
+        .iter()
+        .map(|r| RawHit {
+            title: r.get("title").and_then(Value::as_str),
+            url: r.get("url").and_then(Value::as_str),
+            snippet: r.get("content").and_then(Value::as_str),
+        })
+        .collect())
+}
+
 /// Keeps http(s) hits with a URL, drops duplicates, bounds every field, strips markup.
 fn clean_hits(raw: Vec<RawHit<'_>>, max: usize) -> Vec<SearchHit> {
     let mut out: Vec<SearchHit> = Vec::with_capacity(max.min(raw.len()));

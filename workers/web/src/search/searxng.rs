@@ -8,7 +8,7 @@ use reqwest::header::ACCEPT;
 use reqwest::{Client, RequestBuilder, Url};
 use serde_json::Value;
 
-use super::{RawHit, array_at, endpoint};
+use super::{RawHit, endpoint, results_title_url_content};
 
 /// A SearxNG on this machine, as its container image listens by default.
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8888";
@@ -22,13 +22,7 @@ pub(super) fn request(http: &Client, base: &Url, query: &str) -> RequestBuilder 
     .header(ACCEPT, "application/json")
 }
 
+/// SearxNG lists hits as `results: [{title, url, content}]`.
 pub(super) fn hits(json: &Value) -> Result<Vec<RawHit<'_>>, String> {
-    Ok(array_at(json, &["results"])?
-        .iter()
-        .map(|r| RawHit {
-            title: r.get("title").and_then(Value::as_str),
-            url: r.get("url").and_then(Value::as_str),
-            snippet: r.get("content").and_then(Value::as_str),
-        })
-        .collect())
+    results_title_url_content(json)
 }

@@ -11,7 +11,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION};
 use reqwest::{Client, RequestBuilder, Url};
 use serde_json::{Value, json};
 
-use super::{RawHit, array_at, endpoint};
+use super::{RawHit, endpoint, results_title_url_content};
 use orch_shared::secret::ApiKey;
 
 /// The public API.
@@ -40,13 +40,7 @@ pub(super) fn request(
         }))
 }
 
+/// Tavily lists hits the way SearxNG does: `results: [{title, url, content}]`.
 pub(super) fn hits(json: &Value) -> Result<Vec<RawHit<'_>>, String> {
-    Ok(array_at(json, &["results"])?
-        .iter()
-        .map(|r| RawHit {
-            title: r.get("title").and_then(Value::as_str),
-            url: r.get("url").and_then(Value::as_str),
-            snippet: r.get("content").and_then(Value::as_str),
-        })
-        .collect())
+    results_title_url_content(json)
 }
