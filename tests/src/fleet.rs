@@ -139,6 +139,27 @@ async fn count_instances(url: &str, role: Role, slot: &str) -> usize {
         .count()
 }
 
+/// Waits until the pull consumer `name` exists on the `ORCH_WORK` stream
+/// (its workers create it once a coordinator has made the stream).
+pub async fn wait_for_queue_consumer(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    limit: Duration,
+) {
+    eventually(limit, &format!("queue consumer {name}"), || async move {
+        let stream = js
+            .get_stream(orch_shared::subjects::STREAM_WORK)
+            .await
+            .ok()?;
+        stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// One of each fleet binary, as [`wait_for_services`] wants them.
 pub const FLEET: [(&str, usize); 5] = [
     ("orch-coordinator", 1),
@@ -229,26 +250,7 @@ impl Fleet {
         for (role, slot) in pulled {
             let slot: Slot = slot.parse().unwrap_or_else(|e| panic!("{e}"));
             let name = orch_shared::subjects::queue_consumer(role, &slot);
-            let js = orch.jetstream();
-            eventually(
-                Duration::from_secs(15),
-                &format!("queue consumer {name}"),
-                || {
-                    let (js, name) = (js.clone(), name.clone());
-                    async move {
-                        let stream = js
-                            .get_stream(orch_shared::subjects::STREAM_WORK)
-                            .await
-                            .ok()?;
-                        stream
-                            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
-                            .await
-                            .ok()
-                            .map(|_| ())
-                    }
-                },
-            )
-            .await;
+            wait_for_queue_consumer(&orch.jetstream(), &name, Duration::from_secs(15)).await;
         }
         let probe = orch.clone();
         eventually(

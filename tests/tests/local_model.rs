@@ -439,6 +439,39 @@ fn keyless(bin: &str, url: &str, extra: &[&str]) -> orch_tests::process::Proc {
     orch_tests::process::Proc::start_without(bin, &args, &[], NOT_LOCAL_ENV)
 }
 
+/// A coordinator, a reasoner and a verifier started keyless with these
+/// flags, all visible in discovery, and a client.
+async fn keyless_fleet(
+    url: &str,
+    coordinator: &[&str],
+    workers: &[&str],
+) -> ([orch_tests::process::Proc; 3], orch_client::Orchestrator) {
+    let procs = [
+        keyless("orch-coordinator", url, coordinator),
+        keyless("orch-reasoner", url, workers),
+        keyless("orch-verifier", url, workers),
+    ];
+    let orch = within(
+        Duration::from_secs(10),
+        "client connect",
+        orch_client::Orchestrator::connect(url),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect: {e}"));
+    wait_for_services(
+        &orch,
+        &[
+            ("orch-coordinator", 1),
+            ("orch-reasoner", 1),
+            ("orch-verifier", 1),
+        ],
+        Duration::from_secs(60),
+        &procs,
+    )
+    .await;
+    (procs, orch)
+}
+
 /// The plan as the fleet returns it (`primary_answer`, the reasoner's content).
 fn wire_plan_schema(available_tools: &[&str]) -> Value {
     json!({
@@ -628,40 +661,10 @@ async fn a_fleet_of_processes_plans_and_verifies_with_the_local_model() {
     orch_tests::init_logs();
     model_path();
     let nats = orch_tests::nats::NatsServer::start();
-    let url = nats.url();
-    let procs = [
-        keyless(
-            "orch-coordinator",
-            &url,
-            &["--reasoner-chain", "local", "--verifier-chain", "local"],
-        ),
-        keyless(
-            "orch-reasoner",
-            &url,
-            &["--provider", "local", "--slot", "local"],
-        ),
-        keyless(
-            "orch-verifier",
-            &url,
-            &["--provider", "local", "--slot", "local"],
-        ),
-    ];
-    let orch = within(
-        Duration::from_secs(10),
-        "client connect",
-        orch_client::Orchestrator::connect(&url),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect: {e}"));
-    wait_for_services(
-        &orch,
-        &[
-            ("orch-coordinator", 1),
-            ("orch-reasoner", 1),
-            ("orch-verifier", 1),
-        ],
-        Duration::from_secs(60),
-        &procs,
+    let (_procs, orch) = keyless_fleet(
+        &nats.url(),
+        &["--reasoner-chain", "local", "--verifier-chain", "local"],
+        &["--provider", "local", "--slot", "local"],
     )
     .await;
 
@@ -697,31 +700,8 @@ async fn with_no_api_keys_and_default_flags_the_fleet_answers_with_the_local_mod
     orch_tests::init_logs();
     model_path();
     let nats = orch_tests::nats::NatsServer::start();
-    let url = nats.url();
     // No --provider, no --slot, no keys: the workers default to the local model.
-    let procs = [
-        keyless("orch-coordinator", &url, &[]),
-        keyless("orch-reasoner", &url, &[]),
-        keyless("orch-verifier", &url, &[]),
-    ];
-    let orch = within(
-        Duration::from_secs(10),
-        "client connect",
-        orch_client::Orchestrator::connect(&url),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect: {e}"));
-    wait_for_services(
-        &orch,
-        &[
-            ("orch-coordinator", 1),
-            ("orch-reasoner", 1),
-            ("orch-verifier", 1),
-        ],
-        Duration::from_secs(60),
-        &procs,
-    )
-    .await;
+    let (_procs, orch) = keyless_fleet(&nats.url(), &[], &[]).await;
     let found = within(
         Duration::from_secs(10),
         "discovery",

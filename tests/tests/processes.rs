@@ -9,23 +9,10 @@ use orch_client::{ClientError, EventKind, Orchestrator, SubmitRequest, TaskId};
 use orch_shared::Role;
 use orch_tests::fleet::{FLEET, wait_for_services};
 use orch_tests::nats::NatsServer;
-use orch_tests::process::Proc;
+use orch_tests::process::{Proc, sim_worker};
 use orch_tests::wait::within;
 
 const T: Duration = Duration::from_secs(30);
-
-fn worker(bin: &str, url: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--nats-url",
-        url,
-        "--provider",
-        "sim",
-        "--drain-timeout",
-        "20s",
-    ];
-    args.extend_from_slice(extra);
-    Proc::start(bin, &args, &[])
-}
 
 fn request(id: &str) -> SubmitRequest {
     SubmitRequest {
@@ -64,7 +51,7 @@ async fn sigterm_on_a_worker_finishes_its_in_flight_task_then_exits_0() {
     let nats = NatsServer::start();
     let url = nats.url();
     let coordinator = Proc::start("orch-coordinator", &["--nats-url", &url], &[]);
-    let mut reasoner = worker(
+    let mut reasoner = sim_worker(
         "orch-reasoner",
         &url,
         &["--slot", "kimi_k2", "--sim-latency", "1500ms"],
@@ -117,7 +104,7 @@ async fn sigterm_on_the_coordinator_finishes_its_in_flight_task_then_exits_0() {
     let nats = NatsServer::start();
     let url = nats.url();
     let mut coordinator = Proc::start("orch-coordinator", &["--nats-url", &url], &[]);
-    let reasoner = worker(
+    let reasoner = sim_worker(
         "orch-reasoner",
         &url,
         &["--slot", "kimi_k2", "--sim-latency", "1000ms"],
@@ -155,10 +142,10 @@ async fn a_fleet_of_processes_answers_a_four_role_task() {
     let url = nats.url();
     let procs = [
         Proc::start("orch-coordinator", &["--nats-url", &url, "--verify"], &[]),
-        worker("orch-vision", &url, &[]),
-        worker("orch-web", &url, &[]),
-        worker("orch-reasoner", &url, &["--slot", "local"]),
-        worker("orch-verifier", &url, &["--slot", "local"]),
+        sim_worker("orch-vision", &url, &[]),
+        sim_worker("orch-web", &url, &[]),
+        sim_worker("orch-reasoner", &url, &["--slot", "local"]),
+        sim_worker("orch-verifier", &url, &["--slot", "local"]),
     ];
     let orch = Orchestrator::connect(&url).await.unwrap();
     wait_for_services(&orch, &FLEET, T, &procs).await;

@@ -25,7 +25,7 @@ use orch_client::{ClientError, EventKind, Orchestrator, ReplayFrom, SubmitReques
 use orch_shared::config::NatsArgs;
 use orch_shared::{Role, subjects};
 use orch_tests::fake::openai::{FakeOpenAi, Reply};
-use orch_tests::fleet::{FLEET, wait_for_services};
+use orch_tests::fleet::{FLEET, wait_for_queue_consumer, wait_for_services};
 use orch_tests::nats::{NatsServer, ServerOptions};
 use orch_tests::pki::Pki;
 use orch_tests::process::{Proc, describe_all, run_to_end};
@@ -207,6 +207,18 @@ fn violations(nats: &NatsServer) -> Vec<String> {
         .filter(|l| l.contains("Violation"))
         .map(str::to_string)
         .collect()
+}
+
+/// Fails with `why`, the violations and every process's output if the server
+/// logged any permissions violation.
+fn assert_no_violations(nats: &NatsServer, procs: &[Proc], why: &str) {
+    let v = violations(nats);
+    assert!(
+        v.is_empty(),
+        "{why}; violations:\n{}\n{}",
+        v.join("\n"),
+        describe_all(procs)
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -634,13 +646,7 @@ async fn a_fleet_with_one_restricted_identity_per_role_completes_tasks() {
     let second = within(T, "second", orch.execute(&small)).await.unwrap();
     assert!(!first.cached && second.cached, "{first:?}\n{second:?}");
 
-    let v = violations(&nats);
-    assert!(
-        v.is_empty(),
-        "the deployed permissions must be sufficient; violations:\n{}\n{}",
-        v.join("\n"),
-        describe_all(&procs)
-    );
+    assert_no_violations(&nats, &procs, "the deployed permissions must be sufficient");
 }
 
 /// (a2) Pull (least-loaded) dispatch of every role under the same
@@ -685,22 +691,7 @@ async fn a_restricted_fleet_completes_tasks_with_pull_dispatch() {
         .map(|(role, slot)| subjects::queue_consumer(*role, &slot.parse().unwrap()))
         .collect();
     for name in &names {
-        eventually(
-            T,
-            &format!("pull consumer {name} created by its worker"),
-            || {
-                let (ajs, name) = (ajs.clone(), name.clone());
-                async move {
-                    let stream = ajs.get_stream(subjects::STREAM_WORK).await.ok()?;
-                    stream
-                        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
-                        .await
-                        .ok()
-                        .map(|_| ())
-                }
-            },
-        )
-        .await;
+        wait_for_queue_consumer(&ajs, name, T).await;
     }
 
     // Several four-role tasks at once (the reasoner heartbeats while it
@@ -761,12 +752,10 @@ async fn a_restricted_fleet_completes_tasks_with_pull_dispatch() {
             p.describe()
         );
     }
-    let v = violations(&nats);
-    assert!(
-        v.is_empty(),
-        "pull dispatch must need nothing beyond the deployed permissions; violations:\n{}\n{}",
-        v.join("\n"),
-        describe_all(&procs)
+    assert_no_violations(
+        &nats,
+        &procs,
+        "pull dispatch must need nothing beyond the deployed permissions",
     );
 }
 
