@@ -32,7 +32,7 @@ use crate::ollama::{self, StreamedReply};
 use crate::openai::{self, StreamedCompletion};
 use crate::retry::{self, RetryPolicy};
 use crate::roles::{LlmHandler, RoleOptions, output, prompt, schema};
-use crate::stream::{LineSplitter, MAX_TEXT_BYTES, SseDecoder};
+use crate::stream::{Framing as _, LineSplitter, MAX_TEXT_BYTES, SseDecoder};
 
 /// A key a hostile server echoes back; it must never reach an error message.
 const KEY: &str = "sk-FUZZ-SECRET-0123456789";

@@ -26,12 +26,9 @@ pub struct LineSplitter {
     buf: Vec<u8>,
 }
 
-impl LineSplitter {
-    /// Feeds bytes; returns the lines completed by them.
-    ///
-    /// # Errors
-    /// A line longer than [`MAX_LINE_BYTES`] or not UTF-8.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+/// Lines longer than [`MAX_LINE_BYTES`] or not UTF-8 are errors.
+impl Framing for LineSplitter {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
         let mut lines = Vec::new();
         for &b in bytes {
             if b == b'\n' {
@@ -52,11 +49,8 @@ impl LineSplitter {
         Ok(lines)
     }
 
-    /// The unterminated rest at end of stream, if any.
-    ///
-    /// # Errors
-    /// The rest is not UTF-8.
-    pub fn finish(&mut self) -> Result<Option<String>, String> {
+    /// The unterminated rest, if any.
+    fn finish(&mut self) -> Result<Option<String>, String> {
         if self.buf.iter().all(u8::is_ascii_whitespace) {
             self.buf.clear();
             return Ok(None);
@@ -76,12 +70,9 @@ pub struct SseDecoder {
     data: Option<String>,
 }
 
-impl SseDecoder {
-    /// Feeds bytes; returns the `data` of every event completed by them.
-    ///
-    /// # Errors
-    /// A malformed line (see [`LineSplitter::push`]).
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+/// Frames are the `data` of each event; a malformed line is an error.
+impl Framing for SseDecoder {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
         let mut events = Vec::new();
         for line in self.lines.push(bytes)? {
             self.line(line, &mut events);
@@ -89,19 +80,18 @@ impl SseDecoder {
         Ok(events)
     }
 
-    /// At end of stream: an event still pending (no blank line after it) is
-    /// dispatched too — some servers end `data: [DONE]` with one newline only.
-    ///
-    /// # Errors
-    /// A malformed last line.
-    pub fn finish(&mut self) -> Result<Option<String>, String> {
+    /// An event still pending (no blank line after it) is dispatched too:
+    /// some servers end `data: [DONE]` with one newline only.
+    fn finish(&mut self) -> Result<Option<String>, String> {
         let mut events = Vec::new();
         if let Some(line) = self.lines.finish()? {
             self.line(line, &mut events);
         }
         Ok(events.pop().or_else(|| self.data.take()))
     }
+}
 
+impl SseDecoder {
     fn line(&mut self, line: String, events: &mut Vec<String>) {
         if line.is_empty() {
             if let Some(d) = self.data.take() {
@@ -200,24 +190,6 @@ pub trait Framing: Default {
     /// # Errors
     /// A malformed last frame.
     fn finish(&mut self) -> Result<Option<String>, String>;
-}
-
-impl Framing for LineSplitter {
-    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
-        LineSplitter::push(self, bytes)
-    }
-    fn finish(&mut self) -> Result<Option<String>, String> {
-        LineSplitter::finish(self)
-    }
-}
-
-impl Framing for SseDecoder {
-    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
-        SseDecoder::push(self, bytes)
-    }
-    fn finish(&mut self) -> Result<Option<String>, String> {
-        SseDecoder::finish(self)
-    }
 }
 
 /// Reads a streamed answer frame by frame, within `timer`'s deadlines, until
