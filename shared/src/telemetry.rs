@@ -241,12 +241,13 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
     }
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut exporting_traces = false;
+    let (trace_client, metric_client) = otlp_clients(
+        &|k| std::env::var(k).ok(),
+        env.export_traces,
+        env.export_metrics,
+    );
     if env.export_traces {
-        let client = match otlp_tls(&|k| std::env::var(k).ok(), "TRACES") {
-            Ok(tls) => tls.map(|t| t.client()).transpose(),
-            Err(e) => Err(e),
-        };
-        match client.and_then(|c| span_exporter(&env.protocol, c)) {
+        match trace_client.and_then(|c| span_exporter(&env.protocol, c)) {
             Ok(exporter) => {
                 tracer_builder = tracer_builder.with_batch_exporter(exporter);
                 exporting_traces = true;
@@ -298,11 +299,7 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
 
     let mut meter = None;
     if env.export_metrics {
-        let client = match otlp_tls(&|k| std::env::var(k).ok(), "METRICS") {
-            Ok(tls) => tls.map(|t| t.client()).transpose(),
-            Err(e) => Err(e),
-        };
-        match client.and_then(|c| metric_exporter(&env.protocol, c)) {
+        match metric_client.and_then(|c| metric_exporter(&env.protocol, c)) {
             Ok(exporter) => {
                 let provider = SdkMeterProvider::builder()
                     .with_resource(resource)
@@ -416,6 +413,27 @@ fn otlp_tls(get: &dyn Fn(&str) -> Option<String>, signal: &str) -> Result<Option
         identity,
         timeout,
     }))
+}
+
+type ClientResult = Result<Option<reqwest::blocking::Client>, String>;
+
+/// The (traces, metrics) exporters' HTTP clients: custom only where TLS
+/// variables ask for one, and built once when both signals have the same
+/// settings (the usual case: the general variables only).
+fn otlp_clients(
+    get: &dyn Fn(&str) -> Option<String>,
+    traces: bool,
+    metrics: bool,
+) -> (ClientResult, ClientResult) {
+    let settings = |on: bool, signal: &str| if on { otlp_tls(get, signal) } else { Ok(None) };
+    let (t, m) = (settings(traces, "TRACES"), settings(metrics, "METRICS"));
+    let build =
+        |tls: Result<Option<OtlpTls>, String>| tls.and_then(|t| t.map(OtlpTls::client).transpose());
+    if t.is_ok() && t == m {
+        let shared = build(t);
+        return (shared.clone(), shared);
+    }
+    (build(t), build(m))
 }
 
 impl OtlpTls {
