@@ -5,6 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
 use orch_client::SubmitRequest;
 use orch_shared::Role;
 use orch_shared::codec::Encoding;
@@ -92,6 +93,13 @@ pub async fn run(url: &str, quick: bool, report: &mut Report) -> anyhow::Result<
         ..SubmitRequest::new("find python developers on linkedin and summarise their profiles")
     };
     let payload = Encoding::Json.encode(&req)?;
+    // A copy of every work request the coordinator sends: the figure is taken
+    // once all tasks are parked on the worker, not while requests queue inside
+    // the coordinator.
+    let mut dispatched = client
+        .subscribe(subjects::work(Role::Reasoner, &"p5".parse()?))
+        .await?;
+    client.flush().await?;
     let inbox = client.new_inbox();
     let _replies = client.subscribe(format!("{inbox}.*")).await?;
     // In chunks, each admitted before the next: a burst larger than the
@@ -125,6 +133,21 @@ pub async fn run(url: &str, quick: bool, report: &mut Report) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let mut seen = 0usize;
+    let start = Instant::now();
+    while seen < n {
+        match tokio::time::timeout(Duration::from_secs(5), dispatched.next()).await {
+            Ok(Some(_)) => seen += 1,
+            _ if start.elapsed() > Duration::from_secs(60) => {
+                bail!("only {seen} of {n} work requests reached the worker after 60 s")
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "orch bench: p5: {seen} work requests dispatched after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     // Let allocations settle (every task parked on its worker).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded = rss_mb(pid)?;
