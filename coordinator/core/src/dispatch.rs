@@ -349,40 +349,58 @@ impl Dispatcher {
 
     /// Publishes a work request: core request/reply to the slot's queue group,
     /// or into the `ORCH_WORK` queue (waiting for the stream's acknowledgement).
+    /// The queued path is boxed: under a burst many sends wait for room in the
+    /// client's outgoing buffer at once, and each holds this future meanwhile.
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         role: Role,
         slot: &Slot,
         reply: String,
-        mut h: HeaderMap,
+        h: HeaderMap,
         payload: Bytes,
         limits: &AttemptLimits,
         deadline: Instant,
         budget: Duration,
     ) -> Result<(), AttemptError> {
-        let inner = &*self.inner;
         if limits.queued {
-            if !self.queue_has_workers(role, slot).await {
-                return Err(AttemptError::NoResponders);
-            }
-            h.insert(headers::ORCH_REPLY_TO, reply.as_str());
-            let ack = inner
-                .js
-                .publish_with_headers(subjects::queue(role, slot), h, payload)
-                .await
-                .map_err(|e| AttemptError::Transport(e.to_string()))?;
-            tokio::time::timeout_at(deadline.into(), ack)
-                .await
-                .map_err(|_| AttemptError::TimedOut { after: budget })?
-                .map_err(|e| AttemptError::Transport(format!("queueing the work: {e}")))?;
-        } else {
-            inner
-                .client
-                .publish_with_reply_and_headers(subjects::work(role, slot), reply, h, payload)
-                .await
-                .map_err(|e| AttemptError::Transport(e.to_string()))?;
+            return Box::pin(self.send_queued(role, slot, reply, h, payload, deadline, budget))
+                .await;
         }
+        self.inner
+            .client
+            .publish_with_reply_and_headers(subjects::work(role, slot), reply, h, payload)
+            .await
+            .map_err(|e| AttemptError::Transport(e.to_string()))
+    }
+
+    /// Publishes a work request into the slot's `ORCH_WORK` queue and waits
+    /// for the stream's acknowledgement.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_queued(
+        &self,
+        role: Role,
+        slot: &Slot,
+        reply: String,
+        mut h: HeaderMap,
+        payload: Bytes,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<(), AttemptError> {
+        if !self.queue_has_workers(role, slot).await {
+            return Err(AttemptError::NoResponders);
+        }
+        h.insert(headers::ORCH_REPLY_TO, reply.as_str());
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(subjects::queue(role, slot), h, payload)
+            .await
+            .map_err(|e| AttemptError::Transport(e.to_string()))?;
+        tokio::time::timeout_at(deadline.into(), ack)
+            .await
+            .map_err(|_| AttemptError::TimedOut { after: budget })?
+            .map_err(|e| AttemptError::Transport(format!("queueing the work: {e}")))?;
         Ok(())
     }
 

@@ -164,7 +164,10 @@ impl Pipeline {
     /// Runs all phases of one task and synthesizes its result. The final event
     /// (`action_complete` / `action_failed`) is the caller's to publish, once the
     /// result is where it has to be (see [`crate::service`]).
-    pub async fn run(&self, spec: TaskSpec) -> OrchestratedResult {
+    pub async fn run(&self, spec: &TaskSpec) -> OrchestratedResult {
+        // Only `runs` and `started` live across the waits: role outputs are
+        // read from `runs` where needed (this state is what a task waiting on
+        // a worker holds, so nothing else is kept in it).
         let started = Instant::now();
         let id = &spec.task_id;
         Box::pin(self.events.emit(
@@ -185,50 +188,34 @@ impl Pipeline {
         let mut runs: BTreeMap<Role, RoleRun> = BTreeMap::new();
 
         // ---- Phase 1: vision ‖ web ----
-        let p1: Vec<Role> = [Role::Vision, Role::Web]
-            .into_iter()
-            .filter(|r| spec.roles.contains(*r))
-            .collect();
-        if !p1.is_empty() {
-            let phase_start = Box::pin(self.phase_started(&spec, Phase::Parallel, &p1)).await;
-            // Boxed: phase 1's state (two requests, two chains) is the largest
-            // of the task's, and every task would carry its size to the end.
-            runs.extend(Box::pin(self.parallel_phase(&spec, started)).await);
-            Box::pin(self.phase_completed(&spec, Phase::Parallel, phase_start, &runs, &p1)).await;
+        if spec.roles.contains(Role::Vision) || spec.roles.contains(Role::Web) {
+            Box::pin(self.parallel_phase(spec, started, &mut runs)).await;
         }
-        let vision: Option<VisionAnalysis> = parsed(&runs, Role::Vision);
-        let web: Option<WebFindings> = parsed(&runs, Role::Web);
 
         // ---- Phase 2: reasoning ----
-        let mut plan: Option<Plan> = None;
         if spec.roles.contains(Role::Reasoner) {
-            let mut req = self.work_request(&spec, Role::Reasoner);
-            req.vision = vision.clone();
-            req.web = web.clone();
             let phase = (Phase::Reasoning, Role::Reasoner, spec.timeouts.reasoning);
-            Box::pin(self.one_role_phase(&spec, started, phase, req, &mut runs)).await;
-            plan = parsed(&runs, Role::Reasoner);
+            let req = self.later_request(spec, Role::Reasoner, &runs);
+            Box::pin(self.one_role_phase(spec, started, phase, req, &mut runs)).await;
         }
 
-        // ---- Phase 3: verification ----
-        let mut verdict: Option<Verdict> = None;
-        if spec.roles.contains(Role::Verifier)
-            && let Some(answer) = &plan
-        {
-            let mut req = self.work_request(&spec, Role::Verifier);
-            req.vision = vision.clone();
-            req.web = web.clone();
-            req.answer = Some(answer.clone());
-            let phase = (
-                Phase::Verification,
-                Role::Verifier,
-                spec.timeouts.verification,
-            );
-            Box::pin(self.one_role_phase(&spec, started, phase, req, &mut runs)).await;
-            verdict = parsed(&runs, Role::Verifier);
+        // ---- Phase 3: verification (of a plan) ----
+        if spec.roles.contains(Role::Verifier) {
+            let req = self.later_request(spec, Role::Verifier, &runs);
+            if req.answer.is_some() {
+                let phase = (
+                    Phase::Verification,
+                    Role::Verifier,
+                    spec.timeouts.verification,
+                );
+                Box::pin(self.one_role_phase(spec, started, phase, req, &mut runs)).await;
+            }
         }
 
         // ---- Phase 4: synthesis ----
+        let plan: Option<Plan> = parsed(&runs, Role::Reasoner);
+        let verdict: Option<Verdict> = parsed(&runs, Role::Verifier);
+        let vision: Option<VisionAnalysis> = parsed(&runs, Role::Vision);
         let outcome = synthesis::synthesize(synthesis::Inputs {
             reasoner_requested: spec.roles.contains(Role::Reasoner),
             plan: plan.as_ref(),
@@ -236,6 +223,8 @@ impl Pipeline {
             vision: vision.as_ref(),
             available_tools: &spec.available_tools,
         });
+        let has_plan = plan.is_some();
+        drop((plan, verdict, vision));
         for c in &outcome.conflicts {
             // A span event on the task span.
             tracing::info!(task_id = %id, conflict = %c, "conflict");
@@ -245,7 +234,24 @@ impl Pipeline {
             )
             .await;
         }
-        assemble(&spec, started, runs, plan.is_some(), outcome)
+        assemble(spec, started, runs, has_plan, outcome)
+    }
+
+    /// The request of a role after phase 1 (reasoner, verifier): the task plus
+    /// what vision and web found and, for the verifier, the reasoner's plan.
+    fn later_request(
+        &self,
+        spec: &TaskSpec,
+        role: Role,
+        runs: &BTreeMap<Role, RoleRun>,
+    ) -> Box<WorkRequest> {
+        let mut req = Box::new(self.work_request(spec, role));
+        req.vision = parsed(runs, Role::Vision);
+        req.web = parsed(runs, Role::Web);
+        if role == Role::Verifier {
+            req.answer = parsed(runs, Role::Reasoner);
+        }
+        req
     }
 
     /// A phase of one role (reasoning, verification): announced, the role's
@@ -255,7 +261,7 @@ impl Pipeline {
         spec: &TaskSpec,
         started: Instant,
         (phase, role, timeout): (Phase, Role, Duration),
-        req: WorkRequest,
+        req: Box<WorkRequest>,
         runs: &mut BTreeMap<Role, RoleRun>,
     ) {
         let phase_start = Box::pin(self.phase_started(spec, phase, &[role])).await;
@@ -267,33 +273,39 @@ impl Pipeline {
         Box::pin(self.phase_completed(spec, phase, phase_start, runs, &[role])).await;
     }
 
-    /// Phase 1: vision ‖ web, each down its own chain, within the phase's time.
-    async fn parallel_phase(&self, spec: &TaskSpec, started: Instant) -> Vec<(Role, RoleRun)> {
+    /// Phase 1: vision ‖ web, each down its own chain, within the phase's
+    /// time: announced, run, recorded in `runs`, announced done.
+    async fn parallel_phase(
+        &self,
+        spec: &TaskSpec,
+        started: Instant,
+        runs: &mut BTreeMap<Role, RoleRun>,
+    ) {
+        let roles: Vec<Role> = [Role::Vision, Role::Web]
+            .into_iter()
+            .filter(|r| spec.roles.contains(*r))
+            .collect();
+        let phase_start = Box::pin(self.phase_started(spec, Phase::Parallel, &roles)).await;
         let deadline = Instant::now() + spec.timeouts.parallel;
-        let vision = async {
-            if spec.roles.contains(Role::Vision) {
-                let req = self.work_request(spec, Role::Vision);
-                Some(Box::pin(self.run_chain(spec, started, Role::Vision, req, deadline)).await)
-            } else {
-                None
+        let chain = |role: Role| async move {
+            if !spec.roles.contains(role) {
+                return None;
             }
-        };
-        let web = async {
-            if spec.roles.contains(Role::Web) {
-                let mut req = self.work_request(spec, Role::Web);
+            let mut req = Box::new(self.work_request(spec, role));
+            if role == Role::Web {
                 req.query = Some(spec.web_query.clone());
-                Some(Box::pin(self.run_chain(spec, started, Role::Web, req, deadline)).await)
-            } else {
-                None
             }
+            Some(Box::pin(self.run_chain(spec, started, role, req, deadline)).await)
         };
-        let (v, w) = async { tokio::join!(vision, web) }
+        let (v, w) = async { tokio::join!(chain(Role::Vision), chain(Role::Web)) }
             .instrument(crate::telemetry::phase_span(Phase::Parallel.as_str()))
             .await;
-        [(Role::Vision, v), (Role::Web, w)]
-            .into_iter()
-            .filter_map(|(role, run)| run.map(|run| (role, run)))
-            .collect()
+        for (role, run) in [(Role::Vision, v), (Role::Web, w)] {
+            if let Some(run) = run {
+                runs.insert(role, run);
+            }
+        }
+        Box::pin(self.phase_completed(spec, Phase::Parallel, phase_start, runs, &roles)).await;
     }
 
     fn work_request(&self, spec: &TaskSpec, role: Role) -> WorkRequest {
@@ -372,7 +384,7 @@ impl Pipeline {
         spec: &TaskSpec,
         task_started: Instant,
         role: Role,
-        req: WorkRequest,
+        req: Box<WorkRequest>,
         deadline: Instant,
     ) -> RoleRun {
         let chain = self.config.chain(role).to_vec();
@@ -986,5 +998,34 @@ mod tests {
     fn only_vision_without_screenshot_is_refused() {
         let e = spec(json!({"task": "t", "tools": ["vision"]})).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::InvalidRequest);
+    }
+
+    /// The size of the future `f` returns (never polled: only its type is used).
+    fn future_size<A, F>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A task waiting on a worker holds these futures (each boxed by its
+    /// caller); their sizes are the coordinator's memory per task in flight.
+    /// By-value arguments are stored twice by an async fn and locals kept
+    /// across an await stay in its state: this fails if such a change makes
+    /// the waiting state grow well beyond today's (about 2.2 KB in release).
+    #[test]
+    fn waiting_task_state_stays_small() {
+        type P = &'static Pipeline;
+        type S = &'static TaskSpec;
+        type Runs = &'static mut BTreeMap<Role, RoleRun>;
+        let run = future_size(|(p, s): (P, S)| p.run(s));
+        let phase = future_size(|(p, s, r, m): (P, S, Box<WorkRequest>, Runs)| {
+            let phase = (Phase::Reasoning, Role::Reasoner, Duration::ZERO);
+            p.one_role_phase(s, Instant::now(), phase, r, m)
+        });
+        let chain = future_size(|(p, s, r): (P, S, Box<WorkRequest>)| {
+            p.run_chain(s, Instant::now(), Role::Reasoner, r, Instant::now())
+        });
+        eprintln!("pipeline run {run} B, one-role phase {phase} B, chain {chain} B");
+        assert!(run <= 768, "Pipeline::run future is {run} bytes");
+        assert!(phase <= 512, "one_role_phase future is {phase} bytes");
+        assert!(chain <= 3072, "run_chain future is {chain} bytes");
     }
 }

@@ -243,7 +243,11 @@ impl Coordinator {
 
     /// Runs a task (or serves it from the cache) and records its stats when
     /// they are local. Does not publish the final event.
-    async fn run(&self, spec: TaskSpec) -> OrchestratedResult {
+    ///
+    /// The spec comes boxed: an async fn keeps a by-value argument twice in
+    /// its state (as captured and as moved into the body), and this state is
+    /// what every task waiting on a worker holds.
+    async fn run(&self, spec: Box<TaskSpec>) -> OrchestratedResult {
         let started = std::time::Instant::now();
         let cache = self
             .durable
@@ -254,31 +258,43 @@ impl Coordinator {
             .as_ref()
             .map(|_| crate::cache::key(&spec, &self.config));
         if let (Some(store), Some(key)) = (cache, &key)
-            && let Some(mut hit) = Box::pin(crate::cache::lookup(store, key)).await
+            && let Some(hit) = Box::pin(self.cached(store, key, &spec, started)).await
         {
-            hit.task_id = spec.task_id.to_string();
-            hit.task = spec.task.clone();
-            hit.cached = true;
-            hit.execution_time_ms = started.elapsed().as_secs_f64() * 1000.0;
-            hit.trace_id = orch_shared::trace::current_trace_id();
-            crate::telemetry::task_finished(&tracing::Span::current(), &hit);
-            Box::pin(self.events.emit(
-                &spec.task_id,
-                orch_shared::wire::EventKind::ActionStart,
-                serde_json::json!({"task": spec.task, "cached": true}),
-            ))
-            .await;
             return hit;
         }
         let _in_flight = crate::telemetry::InFlight::enter();
         tracing::Span::current().record("orch.task_id", spec.task_id.as_str());
-        let mut result = Box::pin(self.pipeline.run(spec)).await;
+        let mut result = Box::pin(self.pipeline.run(&spec)).await;
         result.trace_id = orch_shared::trace::current_trace_id();
         crate::telemetry::task_finished(&tracing::Span::current(), &result);
         if let (Some(store), Some(key)) = (cache, &key) {
             Box::pin(crate::cache::store(store, key, &result)).await;
         }
         result
+    }
+
+    /// The cached result for `key`, made this task's.
+    async fn cached(
+        &self,
+        store: &async_nats::jetstream::kv::Store,
+        key: &str,
+        spec: &TaskSpec,
+        started: std::time::Instant,
+    ) -> Option<OrchestratedResult> {
+        let mut hit = Box::pin(crate::cache::lookup(store, key)).await?;
+        hit.task_id = spec.task_id.to_string();
+        hit.task = spec.task.clone();
+        hit.cached = true;
+        hit.execution_time_ms = started.elapsed().as_secs_f64() * 1000.0;
+        hit.trace_id = orch_shared::trace::current_trace_id();
+        crate::telemetry::task_finished(&tracing::Span::current(), &hit);
+        Box::pin(self.events.emit(
+            &spec.task_id,
+            orch_shared::wire::EventKind::ActionStart,
+            serde_json::json!({"task": spec.task, "cached": true}),
+        ))
+        .await;
+        Some(hit)
     }
 
     /// Publishes the task's final event (deduplicated by task id) and, for
@@ -410,7 +426,8 @@ impl Coordinator {
                 None => None,
             }
         };
-        let (result, pending) = run_beside(Box::pin(self.run(spec)), Box::pin(pending)).await;
+        let (result, pending) =
+            run_beside(Box::pin(self.run(Box::new(spec))), Box::pin(pending)).await;
         self.finish_event(&result).await;
         self.store(&result, pending).await;
         Ok(result)
@@ -465,7 +482,7 @@ impl Coordinator {
             // not a dead letter, so the client learns why.
             tracing::warn!(task_id = %id, error = %body, "durable task refused");
         }
-        let result = self.run(spec).await;
+        let result = Box::pin(self.run(Box::new(spec))).await;
         match store
             .finish(&result, pending_revision)
             .await
@@ -504,40 +521,34 @@ impl Coordinator {
 
     /// Decodes and validates a submit (no awaiting, so none of this is kept
     /// in the task's state while it waits on workers).
-    fn decode_submit(&self, msg: &async_nats::Message) -> (Encoding, Result<TaskSpec, ErrorBody>) {
+    fn decode_submit(
+        &self,
+        msg: &async_nats::Message,
+    ) -> (Encoding, Result<Box<TaskSpec>, ErrorBody>) {
         let enc = Encoding::from_headers(msg.headers.as_ref());
         let decoded = enc
             .clone()
             .and_then(|enc| enc.decode::<SubmitRequest>(&msg.payload));
         let enc = enc.unwrap_or_default();
         let spec = match decoded {
-            Ok(req) => self.spec(req),
+            Ok(req) => self.spec(req).map(Box::new),
             Err(e) => Err(e.to_body()),
         };
         (enc, spec)
     }
 
-    async fn handle_submit(&self, request: service::Request, _permit: OwnedSemaphorePermit) {
+    /// Serves one submit. The request comes boxed and the task's state is
+    /// boxed before the long wait: this future is what every task in flight
+    /// holds, and an async fn keeps by-value arguments twice.
+    async fn handle_submit(&self, request: Box<service::Request>, _permit: OwnedSemaphorePermit) {
         let (enc, spec) = self.decode_submit(&request.message);
         let spec = match spec {
-            Ok(spec) => match Box::pin(self.check_refs(&spec)).await {
-                Ok(()) => Ok(spec),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        let spec = match spec {
             Ok(spec) => spec,
-            Err(body) => {
-                tracing::warn!(
-                    code = %body.error.code, error = %body.error.message,
-                    bytes = request.message.payload.len(), "submit refused"
-                );
-                crate::telemetry::request_refused("submit", body.error.code.as_str());
-                Box::pin(reply_error(&request, enc, &body)).await;
-                return;
-            }
+            Err(body) => return Box::pin(refuse_submit(&request, enc, body)).await,
         };
+        if let Err(body) = Box::pin(self.check_refs(&spec)).await {
+            return Box::pin(refuse_submit(&request, enc, body)).await;
+        }
         let id = spec.task_id.clone();
         let pending = async {
             match &self.results {
@@ -545,16 +556,26 @@ impl Coordinator {
                 None => None,
             }
         };
-        // Boxed: the handler's own state is what every task in flight carries.
         let (result, pending) =
             Box::pin(run_beside(Box::pin(self.run(spec)), Box::pin(pending))).await;
+        Box::pin(self.answer_submit(&request, enc, result, pending)).await;
+    }
+
+    /// After a submitted task: its final event, the reply, the stored result.
+    async fn answer_submit(
+        &self,
+        request: &service::Request,
+        enc: Encoding,
+        result: OrchestratedResult,
+        pending: Option<Stored>,
+    ) {
         Box::pin(self.finish_event(&result)).await;
         // Reply first: storing the result is for later readers, not this caller.
         match enc.encode(&result) {
-            Ok(payload) => Box::pin(respond(&request, enc.headers(), payload)).await,
+            Ok(payload) => Box::pin(respond(request, enc.headers(), payload)).await,
             Err(e) => {
                 let body = ErrorBody::new(ErrorCode::Internal, format!("encoding the result: {e}"));
-                Box::pin(reply_error(&request, enc, &body)).await;
+                Box::pin(reply_error(request, enc, &body)).await;
             }
         }
         Box::pin(self.store(&result, pending)).await;
@@ -647,24 +668,46 @@ impl Coordinator {
 
 /// Runs `main` and, beside it, the short `side` job (the pending-result marker),
 /// freeing the side job's state as soon as it is done: a task waiting on a
-/// worker should hold only what it is waiting on.
-async fn run_beside<A, B>(
-    main: impl std::future::Future<Output = A>,
-    side: impl std::future::Future<Output = B>,
-) -> (A, B) {
-    // Callers pass boxed futures: this function's own state stays two pointers.
-    let mut main = std::pin::pin!(main);
-    let mut side = Box::pin(side);
-    let side_out = tokio::select! {
-        out = &mut side => out,
-        out = &mut main => {
-            // The main job finished first: finish the side job, then return.
-            return (out, side.await);
+/// worker should hold only what it is waiting on (two boxes, or one box and
+/// the side job's output).
+async fn run_beside<A: Future, B: Future>(
+    mut main: std::pin::Pin<Box<A>>,
+    side: std::pin::Pin<Box<B>>,
+) -> (A::Output, B::Output) {
+    enum Side<B: Future> {
+        Running(std::pin::Pin<Box<B>>),
+        Done(B::Output),
+    }
+    let mut side = Side::Running(side);
+    let main_out = std::future::poll_fn(|cx| {
+        if let Side::Running(job) = &mut side
+            && let std::task::Poll::Ready(out) = job.as_mut().poll(cx)
+        {
+            // The side job's box is freed here, while the main job may wait long.
+            side = Side::Done(out);
         }
-    };
-    // The side job's box is freed here, while the main job may wait long.
-    drop(side);
-    (main.await, side_out)
+        main.as_mut().poll(cx)
+    })
+    .await;
+    match side {
+        Side::Done(out) => (main_out, out),
+        Side::Running(job) => {
+            // Rare (the side job is short): keep the main output boxed meanwhile.
+            let main_out = Box::new(main_out);
+            let out = job.await;
+            (*main_out, out)
+        }
+    }
+}
+
+/// Refuses a submit with a structured error (logged and counted).
+async fn refuse_submit(request: &service::Request, enc: Encoding, body: ErrorBody) {
+    tracing::warn!(
+        code = %body.error.code, error = %body.error.message,
+        bytes = request.message.payload.len(), "submit refused"
+    );
+    crate::telemetry::request_refused("submit", body.error.code.as_str());
+    reply_error(request, enc, &body).await;
 }
 
 async fn respond(
@@ -842,6 +885,7 @@ async fn admit(coord: &Arc<Coordinator>, tasks: &TaskTracker, request: service::
                 false,
                 request.message.headers.as_ref(),
             );
+            let request = Box::new(request);
             tasks.spawn(async move { coord.handle_submit(request, permit).await }.instrument(span));
         }
         Err(_) => {
@@ -857,5 +901,44 @@ async fn admit(coord: &Arc<Coordinator>, tasks: &TaskTracker, request: service::
             crate::telemetry::request_refused("submit", ErrorCode::Overloaded.as_str());
             reply_error(&request, enc, &body).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, F>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every task in flight holds the submit handler (in its tokio task),
+    /// `run_beside` and `run` while it waits on a worker: see the same test
+    /// in `pipeline` for the reasons and the rest of the chain.
+    #[test]
+    fn waiting_task_state_stays_small() {
+        type C = &'static Coordinator;
+        let handler = future_size(
+            |(c, r, p): (C, Box<service::Request>, OwnedSemaphorePermit)| c.handle_submit(r, p),
+        );
+        let run = future_size(|(c, s): (C, Box<TaskSpec>)| c.run(s));
+        type Main = std::pin::Pin<Box<std::future::Ready<OrchestratedResult>>>;
+        type Side = std::pin::Pin<Box<std::future::Ready<Option<Stored>>>>;
+        let beside = future_size(|(a, b): (Main, Side)| run_beside(a, b));
+        eprintln!("submit handler {handler} B, run {run} B, run_beside {beside} B");
+        assert!(handler <= 512, "submit handler future is {handler} bytes");
+        assert!(run <= 768, "Coordinator::run future is {run} bytes");
+        assert!(beside <= 512, "run_beside future is {beside} bytes");
+    }
+
+    #[tokio::test]
+    async fn run_beside_returns_both_outputs_whichever_finishes_first() {
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            1
+        };
+        let fast = || async { 2 };
+        assert_eq!(run_beside(Box::pin(slow()), Box::pin(fast())).await, (1, 2));
+        assert_eq!(run_beside(Box::pin(fast()), Box::pin(slow())).await, (2, 1));
     }
 }
