@@ -20,6 +20,7 @@ use orch_shared::wire::OrchestratedResult;
 use orch_shared::{Role, Slot};
 use tracing::Span;
 use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The span of one task, continuing the trace in `headers` when they carry
 /// one. `subject` is where the task arrived; `durable` says whether it came
@@ -29,9 +30,6 @@ pub fn task_span(subject: &str, durable: bool, headers: Option<&HeaderMap>) -> S
         "orch.task",
         otel.name = "orch.task",
         otel.kind = if durable { "consumer" } else { "server" },
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        "error.type" = Empty,
         messaging.system = "nats",
         messaging.destination.name = %subject,
         messaging.operation.type = "process",
@@ -41,29 +39,25 @@ pub fn task_span(subject: &str, durable: bool, headers: Option<&HeaderMap>) -> S
             orch_shared::subjects::COORDINATOR_QUEUE
         },
         orch.task_id = Empty,
-        orch.success = Empty,
-        orch.cached = Empty,
-        orch.confidence = Empty,
-        orch.models_used = Empty,
-        orch.fallback_count = Empty,
-        orch.conflict_count = Empty,
-        orch.execution_time_ms = Empty,
     );
     orch_shared::trace::follow(&span, headers);
     span
 }
 
-/// Records a finished task on its span and in the metrics.
+/// Records a finished task on its span and in the metrics. The outcome
+/// attributes are set only now, not declared as span fields: a declared field
+/// costs an attribute slot for the span's whole life, and the task spans of
+/// waiting tasks are a large part of a busy coordinator's memory.
 pub fn task_finished(span: &Span, result: &OrchestratedResult) {
     let success = result.succeeded() || !result.model_results.contains_key(&Role::Reasoner);
     span.record("orch.task_id", result.task_id.as_str());
-    span.record("orch.success", success);
-    span.record("orch.cached", result.cached);
-    span.record("orch.confidence", result.confidence);
-    span.record("orch.models_used", result.models_used.join(",").as_str());
-    span.record("orch.fallback_count", result.fallback_chain.len() as u64);
-    span.record("orch.conflict_count", result.conflicts.len() as u64);
-    span.record("orch.execution_time_ms", result.execution_time_ms);
+    span.set_attribute("orch.success", success);
+    span.set_attribute("orch.cached", result.cached);
+    span.set_attribute("orch.confidence", result.confidence);
+    span.set_attribute("orch.models_used", result.models_used.join(","));
+    span.set_attribute("orch.fallback_count", result.fallback_chain.len() as i64);
+    span.set_attribute("orch.conflict_count", result.conflicts.len() as i64);
+    span.set_attribute("orch.execution_time_ms", result.execution_time_ms);
     if !success {
         orch_shared::trace::record_error(span, "all_slots_failed", "every reasoner slot failed");
     }
@@ -113,9 +107,6 @@ pub fn attempt_span(
         "orch.attempt",
         otel.name = %format_args!("send {subject}"),
         otel.kind = if queued { "producer" } else { "client" },
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        "error.type" = Empty,
         messaging.system = "nats",
         messaging.destination.name = %subject,
         messaging.operation.type = "send",
@@ -124,7 +115,6 @@ pub fn attempt_span(
         orch.attempt = attempt as u64,
         orch.budget_ms = budget.as_millis() as u64,
         orch.hedge = hedge,
-        orch.outcome = Empty,
     )
 }
 
@@ -138,7 +128,7 @@ pub fn attempt_finished(
     error: Option<(&str, &str)>,
 ) {
     let outcome = error.map_or("ok", |(code, _)| code);
-    span.record("orch.outcome", outcome);
+    span.set_attribute("orch.outcome", outcome.to_string());
     if let Some((code, message)) = error {
         orch_shared::trace::record_error(span, code, message);
     }

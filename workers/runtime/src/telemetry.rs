@@ -12,7 +12,6 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, UpDownCounter};
 use orch_shared::{Role, Slot, headers, subjects};
 use tracing::Span;
-use tracing::field::Empty;
 
 /// The span of one job received on `subject`.
 pub(crate) fn job_span(
@@ -37,9 +36,6 @@ pub(crate) fn job_span(
         "orch.job",
         otel.name = %format_args!("process {}", message.subject),
         otel.kind = if queued { "consumer" } else { "server" },
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        "error.type" = Empty,
         messaging.system = "nats",
         messaging.destination.name = %message.subject,
         messaging.operation.type = "process",
