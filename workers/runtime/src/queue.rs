@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::WorkError;
-use crate::serve::{Job, Origin, Shared, accept, respond_err};
+use crate::serve::{Job, Origin, Shared, SlotPermit, accept, respond_err};
 
 /// How long one pull request waits at the server (also bounds how long a
 /// draining worker listens for what its last pull may still bring).
@@ -224,7 +224,7 @@ async fn take(
         // The slot this pull was sized by; taken now, so the loop's next pull
         // already counts it. (None when a request/reply job took it meanwhile:
         // the job then waits for a slot like any other.)
-        permit: shared.permits.clone().try_acquire_owned().ok(),
+        permit: SlotPermit::try_take(&shared.permits, &shared.permit_freed),
     };
     if refuse {
         let enc = Encoding::from_headers(job.message().headers.as_ref()).unwrap_or_default();

@@ -107,8 +107,9 @@ pub(crate) struct Shared {
     pub(crate) cfg: ServeConfig,
     pub(crate) metrics: Arc<WorkerMetrics>,
     pub(crate) permits: Arc<Semaphore>,
-    /// Notified whenever a job ends (the pull loop waits for a free slot on it).
-    pub(crate) permit_freed: tokio::sync::Notify,
+    /// Notified whenever a concurrency slot is given back (the pull loop waits
+    /// for a free slot on it); see [`SlotPermit`].
+    pub(crate) permit_freed: Arc<tokio::sync::Notify>,
     /// Notified when the pull loop has queued a new pull request.
     pub(crate) pull_issued: tokio::sync::Notify,
     worker_id: String,
@@ -189,7 +190,7 @@ pub async fn serve(
         client: client.clone(),
         handler,
         permits: Arc::new(Semaphore::new(cfg.concurrency)),
-        permit_freed: tokio::sync::Notify::new(),
+        permit_freed: Arc::new(tokio::sync::Notify::new()),
         pull_issued: tokio::sync::Notify::new(),
         cfg,
         metrics: metrics.clone(),
@@ -306,13 +307,52 @@ pub(crate) enum Origin {
     },
 }
 
+/// A concurrency slot that wakes the pull loop when it is given back, however
+/// its job ends: run to the end, refused at admission, dropped at shutdown.
+/// (A bare permit freed on a refusal left the loop waiting for its 50 ms tick.)
+pub(crate) struct SlotPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<tokio::sync::Notify>,
+}
+
+impl SlotPermit {
+    /// A free slot of `permits`, if there is one; `freed` is woken when it is given back.
+    pub(crate) fn try_take(
+        permits: &Arc<Semaphore>,
+        freed: &Arc<tokio::sync::Notify>,
+    ) -> Option<SlotPermit> {
+        let permit = permits.clone().try_acquire_owned().ok()?;
+        Some(SlotPermit {
+            permit: Some(permit),
+            freed: freed.clone(),
+        })
+    }
+
+    /// Waits for a free slot; `None` once the semaphore is closed.
+    async fn acquire(shared: &Shared) -> Option<SlotPermit> {
+        let permit = shared.permits.clone().acquire_owned().await.ok()?;
+        Some(SlotPermit {
+            permit: Some(permit),
+            freed: shared.permit_freed.clone(),
+        })
+    }
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        // Free first, so a woken pull loop sees the slot.
+        drop(self.permit.take());
+        self.freed.notify_waiters();
+    }
+}
+
 /// One unit of work and how to answer it.
 pub(crate) struct Job {
     pub(crate) origin: Origin,
     /// A concurrency slot taken when the job was pulled, so the pull loop
     /// never asks for more than the worker's free slots (else it holds the
     /// job from elsewhere).
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) permit: Option<SlotPermit>,
 }
 
 impl Job {
@@ -428,11 +468,13 @@ pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job
         async move {
             let in_flight = crate::telemetry::InFlight::enter(role, &shared.cfg.slot);
             let mut job = job;
-            let permit = job.permit.take();
+            // A pulled job's slot stays here (run_job does not take another)
+            // and is given back below, in order with the next pull.
+            let pulled = job.permit.take();
             let received = job.received(Instant::now());
             // Boxed: the spawned task stays small, so spawning moves a few
             // words instead of the whole job state machine.
-            let result = Box::pin(run_job(&shared, &job, enc, received, permit)).await;
+            let result = Box::pin(run_job(&shared, &job, enc, received, pulled.is_some())).await;
             in_flight.finished(
                 &job_span,
                 received.elapsed(),
@@ -441,10 +483,10 @@ pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job
                     .err()
                     .map(|e| (e.code.as_str(), e.message.as_str())),
             );
-            if job.queued() {
+            if let Some(slot) = pulled {
                 // Free again: let the pull loop ask for more before this reply goes out.
                 let issued = shared.pull_issued.notified();
-                shared.permit_freed.notify_waiters();
+                drop(slot);
                 let _ = tokio::time::timeout(Duration::from_millis(50), issued).await;
             }
             match result {
@@ -452,7 +494,6 @@ pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job
                 Err(err) => respond_err(&shared, &job, enc, &err, false).await,
             }
             shared.metrics.accepted.fetch_sub(1, Ordering::Relaxed);
-            shared.permit_freed.notify_waiters();
         }
         .instrument(span),
     );
@@ -486,7 +527,7 @@ async fn run_job(
     job: &Job,
     enc: Encoding,
     received: Instant,
-    permit: Option<OwnedSemaphorePermit>,
+    holds_slot: bool,
 ) -> Result<WorkReply, WorkError> {
     let budget = job_budget(job.header(headers::ORCH_BUDGET_MS), &shared.cfg)?;
     // A budget beyond what `Instant` can represent is as good as none.
@@ -518,13 +559,15 @@ async fn run_job(
     let task_id = work.task_id.clone();
     let started = Instant::now();
     let work_future = async {
-        let _permit =
-            match permit {
-                Some(p) => p,
-                None => shared.permits.clone().acquire_owned().await.map_err(|_| {
-                    WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down")
-                })?,
-            };
+        // Request/reply jobs wait here for a slot; a pulled job came with one.
+        let _permit = if holds_slot {
+            None
+        } else {
+            let slot = SlotPermit::acquire(shared).await;
+            Some(slot.ok_or_else(|| {
+                WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down")
+            })?)
+        };
         shared.metrics.running.fetch_add(1, Ordering::Relaxed);
         let _running = RunningGuard(&shared.metrics);
         if work.screenshot.is_none()
@@ -758,4 +801,24 @@ pub(crate) async fn respond_err(
         code: usize::from(err.code.status()),
     };
     job.send(shared, Err(service_err), h).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn giving_back_a_slot_frees_it_and_wakes_the_pull_loop() {
+        let permits = Arc::new(Semaphore::new(1));
+        let freed = Arc::new(tokio::sync::Notify::new());
+        let slot = SlotPermit::try_take(&permits, &freed).expect("a free slot");
+        assert!(SlotPermit::try_take(&permits, &freed).is_none());
+        let woken = freed.notified();
+        // E.g. a pulled job refused at admission: dropped with its slot.
+        drop(slot);
+        assert_eq!(permits.available_permits(), 1);
+        tokio::time::timeout(Duration::from_secs(10), woken)
+            .await
+            .expect("the pull loop's waiter is woken");
+    }
 }
