@@ -177,15 +177,28 @@ pub async fn run(url: &str, quick: bool, report: &mut Report) -> anyhow::Result<
         JOB.as_millis()
     );
     let sizes: &[usize] = if quick { &[1, 4] } else { &[1, 2, 4, 8, 16] };
+    let mut chart = super::plot::Chart {
+        title: format!(
+            "p3: efficiency of N GPU-bound workers (1 job at a time, {} ms)",
+            JOB.as_millis()
+        ),
+        x_label: "vision workers".into(),
+        y_label: "tasks/s ÷ (N × ideal)".into(),
+        log2_x: true,
+        series: Vec::new(),
+        target: Some((0.95, "target 0.95".into())),
+    };
     for pull in [false, true] {
         let mode = if pull { "pull" } else { "push" };
         let mut min_eff = f64::MAX;
+        let mut points = Vec::new();
         for &n in sizes {
             let ideal = n as f64 * 1000.0 / JOB.as_millis() as f64;
             let tasks = if quick { n * 20 } else { (n * 60).max(120) };
             let r = fleet_run(url, &vec![JOB; n], pull, 2 * n, tasks).await?;
             let eff = r.per_s / ideal;
             min_eff = min_eff.min(eff);
+            points.push((n as f64, eff));
             report.row(
                 format!("p3 {mode}: {n} GPU workers (ideal {ideal:.0}/s)"),
                 Some(r.p50_ms),
@@ -200,6 +213,14 @@ pub async fn run(url: &str, quick: bool, report: &mut Report) -> anyhow::Result<
             "p3_efficiency_push".to_string()
         };
         report.figure(&key, min_eff, "target >= 0.95 (least-loaded dispatch)");
+        chart.series.push(super::plot::Series {
+            name: if pull {
+                "pull dispatch".into()
+            } else {
+                "queue groups (push)".into()
+            },
+            points,
+        });
 
         // One of four copies is 5x slower; load below the fast copies' capacity.
         let jobs = [JOB * 5, JOB, JOB, JOB];
@@ -220,5 +241,6 @@ pub async fn run(url: &str, quick: bool, report: &mut Report) -> anyhow::Result<
         };
         report.figure(key, ratio, "target <= 1.2 (least-loaded dispatch)");
     }
+    report.charts.push(chart);
     Ok(())
 }

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 mod failover;
 mod gpu;
 mod memory;
+mod plot;
 
 /// One line of the human table.
 pub(crate) struct Row {
@@ -56,6 +57,8 @@ pub(crate) struct Report {
     pub csv: Vec<String>,
     pub figures: serde_json::Map<String, serde_json::Value>,
     pub summary: Vec<String>,
+    /// Panels of the SVG plot written beside the CSV.
+    pub charts: Vec<plot::Chart>,
 }
 
 impl Report {
@@ -492,6 +495,11 @@ pub async fn run(nats: &NatsArgs, mut a: BenchArgs) -> anyhow::Result<ExitCode> 
     }
     std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("orch bench: wrote {}", path.display());
+    if let Some(svg) = plot::svg(&report.charts) {
+        let path = a.out.join("bench.svg");
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("orch bench: wrote {}", path.display());
+    }
     if a.json {
         report.figures.insert("machine".into(), json!(machine()));
         println!("{}", serde_json::Value::Object(report.figures));
@@ -548,6 +556,8 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
     let mut best: f64 = 0.0;
     let mut best_c = 0;
     let mut best_floor: f64 = 0.0;
+    let mut task_points = Vec::new();
+    let mut floor_points = Vec::new();
     for &c in &a.concurrency {
         let tasks = if c == 1 { a.samples.max(100) } else { a.tasks };
         let r = throughput(&rig, c, tasks).await;
@@ -559,6 +569,8 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
         if c > 1 && floor > best_floor {
             best_floor = floor;
         }
+        task_points.push((c as f64, r.per_s));
+        floor_points.push((c as f64, floor));
         report.row(
             format!("floor: 4 raw request/replies, concurrency {c}"),
             None,
@@ -580,6 +592,26 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
     }
     rig.stop.cancel();
     rig.coordinator.shutdown();
+    report.charts.push(plot::Chart {
+        title: format!(
+            "p2: 4-phase tasks/s against the NATS floor (events {})",
+            if events { "on" } else { "off" }
+        ),
+        x_label: "concurrency".into(),
+        y_label: "per second".into(),
+        log2_x: true,
+        series: vec![
+            plot::Series {
+                name: "4-phase tasks/s".into(),
+                points: task_points,
+            },
+            plot::Series {
+                name: "floor: chains of 4 req/replies/s".into(),
+                points: floor_points,
+            },
+        ],
+        target: Some((10_000.0, "target 10k tasks/s".into())),
+    });
     report.figure("p1_overhead_ratio", ratio, "target <= 1.5");
     report.figure("p2_tasks_per_s", best, "target >= 10000");
     report.figure(
