@@ -219,10 +219,14 @@ async fn accept(
     let coord = coord.clone();
     let ack_wait = durable.config.ack_wait;
     let span = crate::telemetry::task_span(&msg.subject, true, msg.headers.as_ref());
+    // Boxed, and the message dropped once split from its acker: the spawned
+    // task holds only what it needs while the task waits on workers (a kept
+    // payload would also pin the connection's read buffer it was cut from).
+    let spec = Box::new(spec);
     tasks.spawn(
         async move {
         let _permit = permit;
-        let (msg, acker) = msg.split();
+        let (_, acker) = msg.split();
         // Progress acks keep a long task from being redelivered while it runs.
         let progress = async {
             let mut ticker = tokio::time::interval(ack_wait / 3);
@@ -234,7 +238,7 @@ async fn accept(
                 }
             }
         };
-        let run = coord.run_durable(spec, deliveries);
+        let run = Box::pin(coord.run_durable(spec, deliveries));
         let outcome = tokio::select! {
             r = run => r,
             () = progress => unreachable_progress(),
@@ -243,11 +247,11 @@ async fn accept(
             Ok(()) => {
                 if let Err(e) = acker.double_ack().await {
                     // The result is stored: a redelivery finds it and only acks.
-                    tracing::warn!(subject = %msg.subject, error = %e, "acknowledging a finished task failed");
+                    tracing::warn!(%subject, error = %e, "acknowledging a finished task failed");
                 }
             }
             Err(e) => {
-                tracing::error!(subject = %msg.subject, error = %e, deliveries, "durable task not stored; it will be redelivered");
+                tracing::error!(%subject, error = %e, deliveries, "durable task not stored; it will be redelivered");
                 let delay = Duration::from_secs(2u64.saturating_pow(deliveries.clamp(0, 5) as u32));
                 let _ = acker.ack_with(AckKind::Nak(Some(delay))).await;
             }

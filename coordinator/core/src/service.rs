@@ -456,17 +456,20 @@ impl Coordinator {
     ///
     /// # Errors
     /// When the result could not be stored (the task is redelivered).
-    pub async fn run_durable(&self, spec: TaskSpec, deliveries: i64) -> Result<(), String> {
+    pub async fn run_durable(&self, spec: Box<TaskSpec>, deliveries: i64) -> Result<(), String> {
+        // Every step but the run itself is boxed: this future is what a
+        // durable task holds while it waits on workers.
         let store = self
             .results
             .as_ref()
             .ok_or("durable intake without a result store")?;
         let id = spec.task_id.clone();
-        let pending_revision = match store.start(&id).await.map_err(|e| e.to_string())? {
+        let started = Box::pin(store.start(&id)).await;
+        let pending_revision = match started.map_err(|e| e.to_string())? {
             Stored::Done(existing) => {
                 tracing::info!(task_id = %id, deliveries, "redelivered task already finished; acknowledging");
-                self.ensure_final_event(&existing).await;
-                store.announce(&existing).await;
+                Box::pin(self.ensure_final_event(&existing)).await;
+                Box::pin(store.announce(&existing)).await;
                 return Ok(());
             }
             Stored::Pending { revision, marker } => {
@@ -477,12 +480,23 @@ impl Coordinator {
             }
             Stored::Missing => None,
         };
-        if let Err(body) = self.check_refs(&spec).await {
+        if let Err(body) = Box::pin(self.check_refs(&spec)).await {
             // The request is fine but its screenshot is not: a result with the error,
             // not a dead letter, so the client learns why.
             tracing::warn!(task_id = %id, error = %body, "durable task refused");
         }
-        let result = Box::pin(self.run(Box::new(spec))).await;
+        let result = Box::pin(self.run(spec)).await;
+        Box::pin(self.store_durable(store, result, pending_revision)).await
+    }
+
+    /// Stores a durable task's result (compare-and-set against its pending
+    /// marker), then publishes its final event and announces it.
+    async fn store_durable(
+        &self,
+        store: &ResultStore,
+        result: OrchestratedResult,
+        pending_revision: Option<u64>,
+    ) -> Result<(), String> {
         match store
             .finish(&result, pending_revision)
             .await
@@ -493,7 +507,7 @@ impl Coordinator {
                 store.announce(&result).await;
             }
             Finish::AlreadyDone(existing) => {
-                tracing::info!(task_id = %id, "another coordinator finished this task first; its result stands");
+                tracing::info!(task_id = %result.task_id, "another coordinator finished this task first; its result stands");
                 self.ensure_final_event(&existing).await;
             }
         }
@@ -540,7 +554,11 @@ impl Coordinator {
     /// Serves one submit. The request comes boxed and the task's state is
     /// boxed before the long wait: this future is what every task in flight
     /// holds, and an async fn keeps by-value arguments twice.
-    async fn handle_submit(&self, request: Box<service::Request>, _permit: OwnedSemaphorePermit) {
+    async fn handle_submit(
+        &self,
+        mut request: Box<service::Request>,
+        _permit: OwnedSemaphorePermit,
+    ) {
         let (enc, spec) = self.decode_submit(&request.message);
         let spec = match spec {
             Ok(spec) => spec,
@@ -549,6 +567,10 @@ impl Coordinator {
         if let Err(body) = Box::pin(self.check_refs(&spec)).await {
             return Box::pin(refuse_submit(&request, enc, body)).await;
         }
+        // Accepted: the payload would otherwise pin the connection's read
+        // buffer it was cut from for as long as the task runs.
+        request.message.payload = bytes::Bytes::new();
+        request.message.headers = None;
         let id = spec.task_id.clone();
         let pending = async {
             match &self.results {
@@ -922,13 +944,17 @@ mod tests {
             |(c, r, p): (C, Box<service::Request>, OwnedSemaphorePermit)| c.handle_submit(r, p),
         );
         let run = future_size(|(c, s): (C, Box<TaskSpec>)| c.run(s));
+        let durable = future_size(|(c, s): (C, Box<TaskSpec>)| c.run_durable(s, 1));
         type Main = std::pin::Pin<Box<std::future::Ready<OrchestratedResult>>>;
         type Side = std::pin::Pin<Box<std::future::Ready<Option<Stored>>>>;
         let beside = future_size(|(a, b): (Main, Side)| run_beside(a, b));
-        eprintln!("submit handler {handler} B, run {run} B, run_beside {beside} B");
+        eprintln!(
+            "submit handler {handler} B, run {run} B, run_beside {beside} B, durable {durable} B"
+        );
         assert!(handler <= 512, "submit handler future is {handler} bytes");
         assert!(run <= 768, "Coordinator::run future is {run} bytes");
         assert!(beside <= 512, "run_beside future is {beside} bytes");
+        assert!(durable <= 768, "run_durable future is {durable} bytes");
     }
 
     #[tokio::test]
