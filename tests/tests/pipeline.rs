@@ -236,6 +236,57 @@ async fn a_hung_slot_gets_only_its_share_of_the_phase() {
 }
 
 #[tokio::test]
+async fn a_task_still_running_at_the_drain_deadline_is_cancelled_and_answered() {
+    let nats = NatsServer::start();
+    let config = CoordinatorConfig {
+        drain_timeout: Duration::from_millis(300),
+        ..CoordinatorConfig::default()
+    };
+    let mut fleet = Fleet::start(
+        &nats.url(),
+        config,
+        vec![WorkerSpec::sim(Role::Reasoner, "kimi_k2").with(|s| s.hang = true)],
+    )
+    .await;
+    let id: TaskId = "drain-deadline".parse().unwrap();
+    let mut events = fleet.orch.events(Some(&id)).await.unwrap();
+    within(T, "flush", fleet.orch.nats().flush()).await.unwrap();
+    let mut req = SubmitRequest::new("plan something");
+    req.task_id = Some(id.to_string());
+    req.tools = Some(vec!["reasoner".into()]);
+    // A 60 s phase: the hung primary's share alone would be 20 s.
+    req.timeouts = Some(Timeouts {
+        reasoning_ms: Some(60_000),
+        ..Default::default()
+    });
+    let orch = fleet.orch.clone();
+    let pending = tokio::spawn(async move { orch.execute(&req).await });
+    within(T, "reasoner attempt dispatched", async {
+        while let Some(e) = events.next().await {
+            if e.kind == EventKind::ModelAttempt {
+                return;
+            }
+        }
+        panic!("event stream ended");
+    })
+    .await;
+
+    // Drain: the task outlives the 300 ms deadline, so the coordinator stops
+    // waiting for its worker and still answers the caller.
+    fleet.stop_coordinator().await;
+    let r = within(Duration::from_secs(10), "answer after the drain deadline", pending)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("execute: {e}"));
+    let m = &r.model_results[&Role::Reasoner];
+    assert!(!m.success);
+    assert_eq!(m.error_code, Some(ErrorCode::Cancelled), "{m:?}");
+    assert_eq!(r.attempts.len(), 1, "{:?}", r.attempts);
+    assert_eq!(r.attempts[0].outcome, "cancelled");
+    assert!(r.primary_answer.is_none());
+}
+
+#[tokio::test]
 async fn rejected_verification_drops_confidence_to_point_three() {
     let nats = NatsServer::start();
     let fleet = Fleet::start(

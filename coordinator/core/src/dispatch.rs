@@ -10,7 +10,7 @@
 //! long before the attempt's deadline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 /// Where the router leaves what arrives for one attempt. Heartbeats only
 /// need their time, so they overwrite each other; the final reply is kept.
-/// (A few hundred bytes, where a channel would preallocate kilobytes per
+/// (About a hundred bytes, where a channel would preallocate kilobytes per
 /// attempt: with 10,000 tasks in flight that difference is the heap.)
 #[derive(Default)]
 pub(crate) struct Inbox {
@@ -37,7 +37,17 @@ pub(crate) struct Inbox {
 #[derive(Default)]
 struct InboxState {
     last_heartbeat: Option<Instant>,
-    reply: Option<Message>,
+    /// Boxed: most of an attempt's life is spent without it.
+    reply: Option<Box<Message>>,
+    /// The coordinator gave up waiting (drain deadline): see [`Dispatcher::stop_all`].
+    stopped: bool,
+}
+
+/// What an attempt finds in its inbox when woken.
+pub(crate) struct Arrived {
+    pub(crate) reply: Option<Box<Message>>,
+    pub(crate) last_heartbeat: Option<Instant>,
+    pub(crate) stopped: bool,
 }
 
 impl Inbox {
@@ -51,17 +61,34 @@ impl Inbox {
             if heartbeat {
                 st.last_heartbeat = Some(Instant::now());
             } else if st.reply.is_none() {
-                st.reply = Some(msg);
+                st.reply = Some(Box::new(msg));
             }
         }
         self.wake.notify_one();
     }
 
-    /// The final reply if one came, and the time of the latest heartbeat.
-    pub(crate) fn take(&self) -> (Option<Message>, Option<Instant>) {
+    /// Tells the waiting attempt to give up.
+    fn stop(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.stopped = true;
+        }
+        self.wake.notify_one();
+    }
+
+    /// The final reply if one came, the time of the latest heartbeat, and
+    /// whether the attempt was stopped.
+    pub(crate) fn take(&self) -> Arrived {
         match self.state.lock() {
-            Ok(mut st) => (st.reply.take(), st.last_heartbeat),
-            Err(_) => (None, None),
+            Ok(mut st) => Arrived {
+                reply: st.reply.take(),
+                last_heartbeat: st.last_heartbeat,
+                stopped: st.stopped,
+            },
+            Err(_) => Arrived {
+                reply: None,
+                last_heartbeat: None,
+                stopped: true,
+            },
         }
     }
 }
@@ -156,11 +183,10 @@ pub struct AttemptLimits {
     pub heartbeat_timeout: Option<Duration>,
 }
 
-/// Why a running attempt was called off by the pipeline.
+/// Why a running attempt was called off by the pipeline. (The drain
+/// deadline ends attempts through [`Dispatcher::stop_all`] instead.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallOff {
-    /// The coordinator is shutting down past its drain deadline.
-    Shutdown,
     /// Another attempt (a hedge) answered first.
     HedgeLost,
 }
@@ -175,6 +201,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, Arc<Inbox>>>,
     next: AtomicU64,
     instance: String,
+    /// Set by [`Dispatcher::stop_all`]: attempts started later give up at once.
+    stopped: AtomicBool,
 }
 
 /// Sends attempts and routes their replies. Cheap to clone.
@@ -223,6 +251,7 @@ impl Dispatcher {
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             instance,
+            stopped: AtomicBool::new(false),
         });
         let router = inner.clone();
         tracker.spawn(async move {
@@ -254,10 +283,26 @@ impl Dispatcher {
         self.inner.pending.lock().map(|p| p.len()).unwrap_or(0)
     }
 
-    /// Sends `request` to `role`/`slot` and waits for its outcome.
+    /// Stops waiting: every attempt in flight, and every attempt started
+    /// from now on, ends with [`AttemptError::Cancelled`] (its worker is told
+    /// to cancel). For the drain deadline; an attempt holds no timer or
+    /// future of its own for this.
+    pub fn stop_all(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        if let Ok(p) = self.inner.pending.lock() {
+            for inbox in p.values() {
+                inbox.stop();
+            }
+        }
+    }
+
+    /// Sends `request` to `role`/`slot` and waits for its outcome. `span`'s
+    /// trace context goes into the request's headers (the worker's span
+    /// becomes its child).
     ///
     /// # Errors
     /// Every failure, typed: see [`AttemptError`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn attempt(
         &self,
         task_id: &TaskId,
@@ -266,6 +311,7 @@ impl Dispatcher {
         payload: Bytes,
         limits: AttemptLimits,
         call_off: &tokio::sync::watch::Receiver<Option<CallOff>>,
+        span: &tracing::Span,
     ) -> Result<WorkReply, AttemptError> {
         let inner = &*self.inner;
         let mut call_off = call_off.clone();
@@ -275,6 +321,10 @@ impl Dispatcher {
             p.insert(id, inbox.clone());
         }
         let _guard = PendingGuard { inner, id };
+        // Checked after registering: stop_all either sees this attempt or it sees the flag.
+        if inner.stopped.load(Ordering::SeqCst) {
+            return Err(AttemptError::Cancelled);
+        }
         let request_id = format!("{}-{id}", inner.instance);
         let budget = limits.budget;
         let deadline = Instant::now() + budget;
@@ -287,7 +337,7 @@ impl Dispatcher {
         h.insert(headers::ORCH_REQUEST_ID, request_id.as_str());
         h.insert(headers::ORCH_TASK_ID, task_id.as_str());
         // The worker's span becomes a child of this attempt's span.
-        orch_shared::trace::inject(&mut h);
+        orch_shared::trace::inject_span(span, &mut h);
         // The role travels in the reply subject so NATS permissions can let a
         // worker answer its own role's attempts only (deploy/nats/permissions.conf).
         let reply = subjects::attempt_reply(&inner.prefix, role, id);
@@ -312,7 +362,6 @@ impl Dispatcher {
                         // Stop the worker too: it aborts its model call.
                         Box::pin(self.cancel(role, slot, &request_id)).await;
                         return Err(match why {
-                            CallOff::Shutdown => AttemptError::Cancelled,
                             CallOff::HedgeLost => AttemptError::HedgeLost,
                         });
                     }
@@ -328,11 +377,15 @@ impl Dispatcher {
                     return Err(err);
                 }
             }
-            let (reply, heartbeat) = inbox.take();
-            if heartbeat.is_some() {
-                last_heard = heartbeat;
+            let arrived = inbox.take();
+            if arrived.stopped {
+                Box::pin(self.cancel(role, slot, &request_id)).await;
+                return Err(AttemptError::Cancelled);
             }
-            let Some(msg) = reply else { continue };
+            if arrived.last_heartbeat.is_some() {
+                last_heard = arrived.last_heartbeat;
+            }
+            let Some(msg) = arrived.reply else { continue };
             if msg.status == Some(StatusCode::NO_RESPONDERS) {
                 return Err(AttemptError::NoResponders);
             }

@@ -139,7 +139,9 @@ fn worker_reply() {
         // else is the attempt's reply.
         let inbox = Inbox::default();
         inbox.deliver(inbound.message());
-        let (reply, heartbeat) = inbox.take();
+        let arrived = inbox.take();
+        prop_assert!(!arrived.stopped);
+        let (reply, heartbeat) = (arrived.reply, arrived.last_heartbeat);
         let is_heartbeat = inbound
             .headers
             .as_ref()

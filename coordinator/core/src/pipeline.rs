@@ -678,14 +678,12 @@ impl Pipeline {
                     queued,
                     heartbeat_timeout: self.config.heartbeat_timeout,
                 };
-                async {
-                    tokio::select! {
-                        r = self.dispatcher.attempt(&spec.task_id, role, slot, payload, limits, call_off) => r,
-                        () = self.hard_stop.cancelled() => Err(AttemptError::Cancelled),
-                    }
-                }
-                .instrument(span.clone())
-                .await
+                // The drain deadline ends it through the dispatcher (stop_all),
+                // and the span only needs to reach the request's headers: no
+                // select or instrumentation state kept while it waits.
+                self.dispatcher
+                    .attempt(&spec.task_id, role, slot, payload, limits, call_off, &span)
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -1009,7 +1007,7 @@ mod tests {
     /// caller); their sizes are the coordinator's memory per task in flight.
     /// By-value arguments are stored twice by an async fn and locals kept
     /// across an await stay in its state: this fails if such a change makes
-    /// the waiting state grow well beyond today's (about 2.2 KB in release).
+    /// the waiting state grow well beyond today's (about 2 KB).
     #[test]
     fn waiting_task_state_stays_small() {
         type P = &'static Pipeline;

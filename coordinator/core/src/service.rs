@@ -883,6 +883,7 @@ pub async fn serve(
             "drain deadline passed; cancelling running tasks"
         );
         coord.hard_stop.cancel();
+        coord.dispatcher.stop_all();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     }
     if let Err(e) = client.flush().await {
