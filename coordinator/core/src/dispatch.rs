@@ -41,6 +41,8 @@ struct InboxState {
     reply: Option<Box<Message>>,
     /// The coordinator gave up waiting (drain deadline): see [`Dispatcher::stop_all`].
     stopped: bool,
+    /// The pipeline called the attempt off: see [`CallOffHandle`].
+    called_off: Option<CallOff>,
 }
 
 /// What an attempt finds in its inbox when woken.
@@ -48,6 +50,7 @@ pub(crate) struct Arrived {
     pub(crate) reply: Option<Box<Message>>,
     pub(crate) last_heartbeat: Option<Instant>,
     pub(crate) stopped: bool,
+    pub(crate) called_off: Option<CallOff>,
 }
 
 impl Inbox {
@@ -75,6 +78,14 @@ impl Inbox {
         self.wake.notify_one();
     }
 
+    /// Tells the waiting attempt it was called off.
+    fn call_off(&self, why: CallOff) {
+        if let Ok(mut st) = self.state.lock() {
+            st.called_off.get_or_insert(why);
+        }
+        self.wake.notify_one();
+    }
+
     /// The final reply if one came, the time of the latest heartbeat, and
     /// whether the attempt was stopped.
     pub(crate) fn take(&self) -> Arrived {
@@ -83,11 +94,13 @@ impl Inbox {
                 reply: st.reply.take(),
                 last_heartbeat: st.last_heartbeat,
                 stopped: st.stopped,
+                called_off: st.called_off,
             },
             Err(_) => Arrived {
                 reply: None,
                 last_heartbeat: None,
                 stopped: true,
+                called_off: None,
             },
         }
     }
@@ -189,6 +202,24 @@ pub struct AttemptLimits {
 pub enum CallOff {
     /// Another attempt (a hedge) answered first.
     HedgeLost,
+}
+
+/// One attempt's inbox, made before the attempt so the pipeline can call it
+/// off while it runs (a hedge that lost). Calling off wakes the attempt,
+/// which tells its worker to cancel; no channel or timer per attempt.
+#[derive(Clone, Default)]
+pub struct CallOffHandle(Arc<Inbox>);
+
+impl CallOffHandle {
+    /// A handle for one attempt.
+    pub fn new() -> CallOffHandle {
+        CallOffHandle::default()
+    }
+
+    /// Calls the attempt off (the first reason given stands).
+    pub fn call_off(&self, why: CallOff) {
+        self.0.call_off(why);
+    }
 }
 
 struct Inner {
@@ -310,13 +341,12 @@ impl Dispatcher {
         slot: &Slot,
         payload: Bytes,
         limits: AttemptLimits,
-        call_off: &tokio::sync::watch::Receiver<Option<CallOff>>,
+        call_off: CallOffHandle,
         span: &tracing::Span,
     ) -> Result<WorkReply, AttemptError> {
         let inner = &*self.inner;
-        let mut call_off = call_off.clone();
         let id = inner.next.fetch_add(1, Ordering::Relaxed);
-        let inbox = Arc::new(Inbox::default());
+        let inbox = call_off.0;
         if let Ok(mut p) = inner.pending.lock() {
             p.insert(id, inbox.clone());
         }
@@ -356,17 +386,6 @@ impl Dispatcher {
             let wake = silence_deadline.unwrap_or(deadline);
             tokio::select! {
                 () = inbox.wake.notified() => {}
-                Ok(()) = call_off.changed() => {
-                    let why = *call_off.borrow();
-                    if let Some(why) = why {
-                        // Stop the worker too: it aborts its model call.
-                        Box::pin(self.cancel(role, slot, &request_id)).await;
-                        return Err(match why {
-                            CallOff::HedgeLost => AttemptError::HedgeLost,
-                        });
-                    }
-                    continue;
-                }
                 () = tokio::time::sleep_until(wake.into()) => {
                     let err = if let (Some(_), Some(heard)) = (silence_deadline, last_heard) {
                         AttemptError::WorkerLost { silent_for: heard.elapsed() }
@@ -378,9 +397,14 @@ impl Dispatcher {
                 }
             }
             let arrived = inbox.take();
-            if arrived.stopped {
+            let given_up = match arrived.called_off {
+                Some(CallOff::HedgeLost) => Some(AttemptError::HedgeLost),
+                None => arrived.stopped.then_some(AttemptError::Cancelled),
+            };
+            if let Some(err) = given_up {
+                // Stop the worker too: it aborts its model call.
                 Box::pin(self.cancel(role, slot, &request_id)).await;
-                return Err(AttemptError::Cancelled);
+                return Err(err);
             }
             if arrived.last_heartbeat.is_some() {
                 last_heard = arrived.last_heartbeat;

@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CoordinatorConfig, PhaseTimeouts};
-use crate::dispatch::{AttemptError, AttemptLimits, CallOff, Dispatcher, encode_request};
+use crate::dispatch::{
+    AttemptError, AttemptLimits, CallOff, CallOffHandle, Dispatcher, encode_request,
+};
 use crate::events::EventSink;
 use crate::synthesis;
 
@@ -546,8 +548,7 @@ impl Pipeline {
         let mut primary_log = ChainLog::default();
         let mut hedge_log = ChainLog::default();
         let (outcome, hedged) = {
-            let (stop_primary, primary_rx) = tokio::sync::watch::channel(None);
-            let (stop_hedge, hedge_rx) = tokio::sync::watch::channel(None);
+            let (stop_primary, stop_hedge) = (CallOffHandle::new(), CallOffHandle::new());
             let primary = self.attempt_with(
                 spec,
                 role,
@@ -555,7 +556,7 @@ impl Pipeline {
                 req,
                 budget,
                 false,
-                &primary_rx,
+                stop_primary.clone(),
                 &mut primary_log,
                 offset,
             );
@@ -582,7 +583,7 @@ impl Pipeline {
                         req,
                         hedge_budget,
                         true,
-                        &hedge_rx,
+                        stop_hedge.clone(),
                         &mut hedge_log,
                         offset,
                     );
@@ -593,12 +594,12 @@ impl Pipeline {
                     };
                     let outcome = match (first.is_ok(), first_is_primary) {
                         (true, true) => {
-                            let _ = stop_hedge.send(Some(CallOff::HedgeLost));
+                            stop_hedge.call_off(CallOff::HedgeLost);
                             let _ = (&mut hedge).await;
                             first
                         }
                         (true, false) => {
-                            let _ = stop_primary.send(Some(CallOff::HedgeLost));
+                            stop_primary.call_off(CallOff::HedgeLost);
                             let _ = (&mut primary).await;
                             first
                         }
@@ -627,8 +628,8 @@ impl Pipeline {
         run: &mut ChainLog,
         offset: impl Fn(Instant) -> f64,
     ) -> Result<(Slot, WorkReply), AttemptError> {
-        let (_keep, never) = tokio::sync::watch::channel(None);
-        self.attempt_with(spec, role, slot, req, budget, is_hedge, &never, run, offset)
+        let handle = CallOffHandle::new();
+        self.attempt_with(spec, role, slot, req, budget, is_hedge, handle, run, offset)
             .await
     }
 
@@ -642,7 +643,7 @@ impl Pipeline {
         req: &WorkRequest,
         budget: Duration,
         is_hedge: bool,
-        call_off: &tokio::sync::watch::Receiver<Option<CallOff>>,
+        call_off: CallOffHandle,
         run: &mut ChainLog,
         offset: impl Fn(Instant) -> f64,
     ) -> Result<(Slot, WorkReply), AttemptError> {
