@@ -274,10 +274,14 @@ async fn a_task_still_running_at_the_drain_deadline_is_cancelled_and_answered() 
     // Drain: the task outlives the 300 ms deadline, so the coordinator stops
     // waiting for its worker and still answers the caller.
     fleet.stop_coordinator().await;
-    let r = within(Duration::from_secs(10), "answer after the drain deadline", pending)
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("execute: {e}"));
+    let r = within(
+        Duration::from_secs(10),
+        "answer after the drain deadline",
+        pending,
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("execute: {e}"));
     let m = &r.model_results[&Role::Reasoner];
     assert!(!m.success);
     assert_eq!(m.error_code, Some(ErrorCode::Cancelled), "{m:?}");
