@@ -87,7 +87,7 @@ impl Inbox {
     }
 
     /// The final reply if one came, the time of the latest heartbeat, and
-    /// whether the attempt was stopped.
+    /// whether the attempt was stopped or called off.
     pub(crate) fn take(&self) -> Arrived {
         match self.state.lock() {
             Ok(mut st) => Arrived {
@@ -211,7 +211,7 @@ pub enum CallOff {
 pub struct CallOffHandle(Arc<Inbox>);
 
 impl CallOffHandle {
-    /// A handle for one attempt.
+    /// A handle for one attempt (not to be reused: it is that attempt's inbox).
     pub fn new() -> CallOffHandle {
         CallOffHandle::default()
     }
