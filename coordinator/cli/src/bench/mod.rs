@@ -109,6 +109,10 @@ pub struct BenchArgs {
     /// Turn task events off (they are on by default, as in production).
     #[arg(long)]
     pub no_events: bool,
+    /// p1/p2 with a coordinator on core NATS only (no event stream, stored
+    /// results or pending markers), to see what JetStream costs.
+    #[arg(long)]
+    pub no_jetstream: bool,
     /// Use the server at --nats-url instead of starting a private nats-server.
     #[arg(long)]
     pub external_nats: bool,
@@ -248,7 +252,7 @@ struct Rig {
     coordinator: Arc<Coordinator>,
 }
 
-async fn start_rig(url: &str, events: bool) -> anyhow::Result<Rig> {
+async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<Rig> {
     let stop = CancellationToken::new();
     for (role, slot) in [
         (Role::Vision, "default"),
@@ -283,11 +287,14 @@ async fn start_rig(url: &str, events: bool) -> anyhow::Result<Rig> {
             }
         }
     });
-    let config = CoordinatorConfig {
+    let mut config = CoordinatorConfig {
         events,
         max_in_flight: 100_000,
         ..CoordinatorConfig::default()
     };
+    if !jetstream {
+        config.durable = None;
+    }
     let coordinator = Arc::new(Coordinator::start(async_nats::connect(url).await?, config).await?);
     let (c, t) = (coordinator.clone(), stop.clone());
     tokio::spawn(async move {
@@ -510,11 +517,13 @@ pub async fn run(nats: &NatsArgs, mut a: BenchArgs) -> anyhow::Result<ExitCode> 
 /// P1 (overhead against the NATS floor) and P2 (throughput).
 async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<()> {
     let events = !a.no_events;
+    let jetstream = !a.no_jetstream;
     eprintln!(
-        "orch bench: p1/p2 with simulated zero-latency workers, events {}",
-        if events { "on" } else { "off" }
+        "orch bench: p1/p2 with simulated zero-latency workers, events {}, JetStream {}",
+        if events { "on" } else { "off" },
+        if jetstream { "on" } else { "off" }
     );
-    let rig = start_rig(url, events).await?;
+    let rig = start_rig(url, events, jetstream).await?;
 
     // Floor vs task latency at concurrency 1, interleaved in blocks.
     let payload = Bytes::from(vec![b'x'; 256]);
@@ -594,8 +603,9 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
     rig.coordinator.shutdown();
     report.charts.push(plot::Chart {
         title: format!(
-            "p2: 4-phase tasks/s against the NATS floor (events {})",
-            if events { "on" } else { "off" }
+            "p2: 4-phase tasks/s against the NATS floor (events {}, JetStream {})",
+            if events { "on" } else { "off" },
+            if jetstream { "on" } else { "off" }
         ),
         x_label: "concurrency".into(),
         y_label: "per second".into(),
@@ -636,5 +646,6 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
         .figures
         .insert("task_p50_ms".into(), json!(ms(&task, 0.5)));
     report.figures.insert("events".into(), json!(events));
+    report.figures.insert("jetstream".into(), json!(jetstream));
     Ok(())
 }
