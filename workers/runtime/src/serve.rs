@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
+use tracing::Span;
 
 use async_nats::service::{self, ServiceExt as _};
 use async_nats::{Client, HeaderMap};
@@ -464,39 +465,40 @@ pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job
         &shared.worker_id,
     );
     let job_span = span.clone();
-    tracker.spawn(
-        async move {
-            let in_flight = crate::telemetry::InFlight::enter(role, &shared.cfg.slot);
-            let mut job = job;
-            // A pulled job's slot stays here (run_job does not take another)
-            // and is given back below, in order with the next pull.
-            let pulled = job.permit.take();
-            let received = job.received(Instant::now());
-            // Boxed: the spawned task stays small, so spawning moves a few
-            // words instead of the whole job state machine.
-            let result = Box::pin(run_job(&shared, &job, enc, received, pulled.is_some())).await;
-            in_flight.finished(
-                &job_span,
-                received.elapsed(),
-                result
-                    .as_ref()
-                    .err()
-                    .map(|e| (e.code.as_str(), e.message.as_str())),
-            );
-            if let Some(slot) = pulled {
-                // Free again: let the pull loop ask for more before this reply goes out.
-                let issued = shared.pull_issued.notified();
-                drop(slot);
-                let _ = tokio::time::timeout(Duration::from_millis(50), issued).await;
-            }
-            match result {
-                Ok(reply) => respond_ok(&shared, &job, enc, &reply).await,
-                Err(err) => respond_err(&shared, &job, enc, &err, false).await,
-            }
-            shared.metrics.accepted.fetch_sub(1, Ordering::Relaxed);
-        }
-        .instrument(span),
+    // The job is boxed before spawning: the task holds it for the job's life.
+    tracker.spawn(serve_job(shared, Box::new(job), enc, job_span).instrument(span));
+}
+
+/// Runs one accepted job and answers it. This future is what a worker holds
+/// per job in flight (thousands at once on a worker calling a remote model),
+/// so its arguments come boxed and every large step is boxed.
+async fn serve_job(shared: Arc<Shared>, mut job: Box<Job>, enc: Encoding, job_span: Span) {
+    let role = shared.handler.role();
+    let in_flight = crate::telemetry::InFlight::enter(role, &shared.cfg.slot);
+    // A pulled job's slot stays here (run_job does not take another)
+    // and is given back below, in order with the next pull.
+    let pulled = job.permit.take();
+    let received = job.received(Instant::now());
+    let result = Box::pin(run_job(&shared, &job, enc, received, pulled.is_some())).await;
+    in_flight.finished(
+        &job_span,
+        received.elapsed(),
+        result
+            .as_ref()
+            .err()
+            .map(|e| (e.code.as_str(), e.message.as_str())),
     );
+    if let Some(slot) = pulled {
+        // Free again: let the pull loop ask for more before this reply goes out.
+        let issued = shared.pull_issued.notified();
+        drop(slot);
+        let _ = tokio::time::timeout(Duration::from_millis(50), issued).await;
+    }
+    match result {
+        Ok(reply) => Box::pin(respond_ok(&shared, &job, enc, &reply)).await,
+        Err(err) => Box::pin(respond_err(&shared, &job, enc, &err, false)).await,
+    }
+    shared.metrics.accepted.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Decrements `running` however the job ends.
@@ -539,12 +541,12 @@ async fn run_job(
             "the budget ran out while the job was queued",
         ));
     }
-    let mut work = decode_work(
+    let work = Box::new(decode_work(
         enc,
         &job.message().payload,
         shared.handler.role(),
         &shared.cfg.slot,
-    )?;
+    )?);
 
     let token = shared.drain_cancel.child_token();
     let request_id = job.header(headers::ORCH_REQUEST_ID).map(str::to_string);
@@ -557,42 +559,10 @@ async fn run_job(
     }
 
     let task_id = work.task_id.clone();
-    let started = Instant::now();
-    let work_future = async {
-        // Request/reply jobs wait here for a slot; a pulled job came with one.
-        let _permit = if holds_slot {
-            None
-        } else {
-            let slot = SlotPermit::acquire(shared).await;
-            Some(slot.ok_or_else(|| {
-                WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down")
-            })?)
-        };
-        shared.metrics.running.fetch_add(1, Ordering::Relaxed);
-        let _running = RunningGuard(&shared.metrics);
-        if work.screenshot.is_none()
-            && let Some(r) = work.screenshot_ref.take()
-        {
-            let fetch = fetch_screenshot(shared, &r);
-            let bytes = tokio::time::timeout_at(deadline.into(), fetch)
-                .await
-                .map_err(|_| {
-                    WorkError::timed_out("the budget ran out while fetching the screenshot")
-                })??;
-            work.screenshot = Some(bytes.into());
-        }
-        let handle_started = Instant::now();
-        let ctx = JobContext {
-            deadline,
-            cancel: token.clone(),
-        };
-        let out = shared.handler.handle(work, ctx).await;
-        if out.is_ok() {
-            shared.metrics.record_latency(handle_started.elapsed());
-        }
-        out
-    };
-    let output = with_heartbeats(shared, job, work_future, deadline, &token).await;
+    // Boxed: an async fn keeps a by-value argument twice in its state, and
+    // this one lives as long as the model call.
+    let work = Box::pin(do_work(shared, work, holds_slot, deadline, token.clone()));
+    let output = with_heartbeats(shared, job, work, deadline, &token).await;
     let elapsed_ms = received.elapsed().as_secs_f64() * 1000.0;
     match &output {
         Ok(_) => tracing::debug!(%task_id, elapsed_ms, "job done"),
@@ -601,7 +571,6 @@ async fn run_job(
         }
     }
     let out = output?;
-    let _ = started;
     Ok(WorkReply {
         provider: out.provider,
         model: out.model,
@@ -712,6 +681,48 @@ async fn fetch_screenshot(shared: &Shared, r: &ObjectRef) -> Result<Vec<u8>, Wor
     Ok(out)
 }
 
+/// The job itself: a concurrency slot (unless it came with one), the
+/// referenced screenshot, the handler.
+async fn do_work(
+    shared: &Shared,
+    mut work: Box<WorkRequest>,
+    holds_slot: bool,
+    deadline: Instant,
+    cancel: CancellationToken,
+) -> Result<Output, WorkError> {
+    // Request/reply jobs wait here for a slot; a pulled job came with one.
+    let _permit = if holds_slot {
+        None
+    } else {
+        let slot = SlotPermit::acquire(shared).await;
+        Some(
+            slot.ok_or_else(|| WorkError::new(ErrorCode::ShuttingDown, "worker is shutting down"))?,
+        )
+    };
+    shared.metrics.running.fetch_add(1, Ordering::Relaxed);
+    let _running = RunningGuard(&shared.metrics);
+    if work.screenshot.is_none()
+        && let Some(r) = work.screenshot_ref.take()
+    {
+        // Boxed: the object store's futures are large, and a job future
+        // lives as long as its model call (thousands at once on a busy worker).
+        let fetch = Box::pin(fetch_screenshot(shared, &r));
+        let bytes = tokio::time::timeout_at(deadline.into(), fetch)
+            .await
+            .map_err(|_| {
+                WorkError::timed_out("the budget ran out while fetching the screenshot")
+            })??;
+        work.screenshot = Some(bytes.into());
+    }
+    let handle_started = Instant::now();
+    let ctx = JobContext { deadline, cancel };
+    let out = shared.handler.handle(*work, ctx).await;
+    if out.is_ok() {
+        shared.metrics.record_latency(handle_started.elapsed());
+    }
+    out
+}
+
 /// Runs `job` to completion, deadline or cancellation, publishing a heartbeat
 /// to the reply inbox every interval meanwhile (the coordinator treats silence
 /// longer than a few intervals as a dead worker). A queued job announces
@@ -755,10 +766,12 @@ where
             }
             _ = ticker.tick() => {
                 if let Some(reply) = &reply
-                    && let Err(e) = shared
-                        .client
-                        .publish_with_headers(reply.clone(), hb_headers.clone(), Bytes::new())
-                        .await
+                    && let Err(e) = Box::pin(shared.client.publish_with_headers(
+                        reply.clone(),
+                        hb_headers.clone(),
+                        Bytes::new(),
+                    ))
+                    .await
                 {
                     tracing::debug!(error = %e, "heartbeat publish failed");
                 }
@@ -820,5 +833,31 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), woken)
             .await
             .expect("the pull loop's waiter is woken");
+    }
+
+    fn future_size<A, F>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A worker holds these futures for every job in flight (a remote model
+    /// call can take a minute): by-value arguments are stored twice and large
+    /// sub-futures (the object store's, a publish) inline their whole state,
+    /// which once made a job 14 KB. Fails if a change like that comes back.
+    #[test]
+    fn a_job_in_flight_stays_small() {
+        type S = &'static Shared;
+        let job = future_size(|(s, j): (Arc<Shared>, Box<Job>)| {
+            serve_job(s, j, Encoding::Json, Span::none())
+        });
+        let run = future_size(|(s, j): (S, &'static Job)| {
+            run_job(s, j, Encoding::Json, Instant::now(), false)
+        });
+        let work = future_size(|(s, w): (S, Box<WorkRequest>)| {
+            do_work(s, w, false, Instant::now(), CancellationToken::new())
+        });
+        eprintln!("serve_job {job} B, run_job {run} B, do_work {work} B");
+        assert!(job <= 1024, "serve_job future is {job} bytes");
+        assert!(run <= 1280, "run_job future is {run} bytes");
+        assert!(work <= 640, "do_work future is {work} bytes");
     }
 }
