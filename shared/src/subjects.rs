@@ -57,6 +57,13 @@ pub const WORK_PRIORITY_GROUP: &str = "workers";
 pub const STREAM_TASKS: &str = "ORCH_TASKS";
 /// Stream capturing every task event.
 pub const STREAM_EVENTS: &str = "ORCH_EVENTS";
+/// `max_expires` of the ordered consumers that follow [`STREAM_EVENTS`] (the
+/// stats projection, event replay): their pull requests expire this soon and
+/// their idle heartbeat is half of it, so a consumer whose stream leader died
+/// is noticed (two missed heartbeats) and recreated within seconds. With the
+/// client's defaults (30 s expiry, 15 s heartbeat) a follower stalled for 30 s
+/// after losing a cluster node.
+pub const FOLLOW_MAX_EXPIRES: std::time::Duration = std::time::Duration::from_secs(4);
 /// Dead-letter stream: tasks that could not be processed, with the reason.
 pub const STREAM_DEAD: &str = "ORCH_DEAD";
 /// Durable pull consumer all coordinators share on [`STREAM_TASKS`].

@@ -253,6 +253,7 @@ impl Orchestrator {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: filter,
                 deliver_policy,
+                max_expires: subjects::FOLLOW_MAX_EXPIRES,
                 ..Default::default()
             })
             .await

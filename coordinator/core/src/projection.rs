@@ -117,6 +117,7 @@ pub async fn start(
         .events
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subjects: final_event_subjects(),
+            max_expires: orch_shared::subjects::FOLLOW_MAX_EXPIRES,
             deliver_policy: if start_seq == 0 {
                 DeliverPolicy::All
             } else {
