@@ -14,7 +14,7 @@ use reqwest::header::{ACCEPT, HeaderMap};
 use reqwest::{Client, RequestBuilder, Url};
 use serde_json::Value;
 
-use super::{RawHit, array_at, endpoint};
+use super::{RawHit, endpoint, title_url_hits};
 use orch_shared::secret::ApiKey;
 
 /// The public API (the path is appended per endpoint).
@@ -42,14 +42,7 @@ pub(super) fn request(
 }
 
 pub(super) fn hits(json: &Value) -> Result<Vec<RawHit<'_>>, String> {
-    Ok(array_at(json, &["web", "results"])?
-        .iter()
-        .map(|r| RawHit {
-            title: r.get("title").and_then(Value::as_str),
-            url: r.get("url").and_then(Value::as_str),
-            snippet: r.get("description").and_then(Value::as_str),
-        })
-        .collect())
+    title_url_hits(json, &["web", "results"], "description")
 }
 
 /// Whether an error body is Brave's "subscription token invalid"

@@ -441,14 +441,19 @@ fn array_at<'a>(json: &'a Value, path: &[&str]) -> Result<&'a [Value], String> {
     }
 }
 
-/// Hits listed as `results: [{title, url, content}]` (SearxNG, Tavily).
-fn results_title_url_content(json: &Value) -> Result<Vec<RawHit<'_>>, String> {
-    Ok(array_at(json, &["results"])?
+/// Hits listed as an array of `{title, url, <snippet>}` objects at `path`
+/// (SearxNG and Tavily: `results[].content`; Brave: `web.results[].description`).
+fn title_url_hits<'a>(
+    json: &'a Value,
+    path: &[&str],
+    snippet: &str,
+) -> Result<Vec<RawHit<'a>>, String> {
+    Ok(array_at(json, path)?
         .iter()
         .map(|r| RawHit {
             title: r.get("title").and_then(Value::as_str),
             url: r.get("url").and_then(Value::as_str),
-            snippet: r.get("content").and_then(Value::as_str),
+            snippet: r.get(snippet).and_then(Value::as_str),
         })
         .collect())
 }

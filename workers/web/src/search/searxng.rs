@@ -8,7 +8,7 @@ use reqwest::header::ACCEPT;
 use reqwest::{Client, RequestBuilder, Url};
 use serde_json::Value;
 
-use super::{RawHit, endpoint, results_title_url_content};
+use super::{RawHit, endpoint, title_url_hits};
 
 /// A SearxNG on this machine, as its container image listens by default.
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8888";
@@ -24,5 +24,5 @@ pub(super) fn request(http: &Client, base: &Url, query: &str) -> RequestBuilder 
 
 /// SearxNG lists hits as `results: [{title, url, content}]`.
 pub(super) fn hits(json: &Value) -> Result<Vec<RawHit<'_>>, String> {
-    results_title_url_content(json)
+    title_url_hits(json, &["results"], "content")
 }

@@ -11,7 +11,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION};
 use reqwest::{Client, RequestBuilder, Url};
 use serde_json::{Value, json};
 
-use super::{RawHit, endpoint, results_title_url_content};
+use super::{RawHit, endpoint, title_url_hits};
 use orch_shared::secret::ApiKey;
 
 /// The public API.
@@ -42,5 +42,5 @@ pub(super) fn request(
 
 /// Tavily lists hits the way SearxNG does: `results: [{title, url, content}]`.
 pub(super) fn hits(json: &Value) -> Result<Vec<RawHit<'_>>, String> {
-    results_title_url_content(json)
+    title_url_hits(json, &["results"], "content")
 }
