@@ -39,18 +39,17 @@ struct InboxState {
     last_heartbeat: Option<Instant>,
     /// Boxed: most of an attempt's life is spent without it.
     reply: Option<Box<Message>>,
-    /// The coordinator gave up waiting (drain deadline): see [`Dispatcher::stop_all`].
-    stopped: bool,
-    /// The pipeline called the attempt off: see [`CallOffHandle`].
-    called_off: Option<CallOff>,
+    /// Why the attempt must give up, when it must: `Cancelled` (drain
+    /// deadline, [`Dispatcher::stop_all`]) or `HedgeLost` ([`CallOffHandle`]).
+    /// The first reason stands.
+    ended: Option<AttemptError>,
 }
 
 /// What an attempt finds in its inbox when woken.
 pub(crate) struct Arrived {
     pub(crate) reply: Option<Box<Message>>,
     pub(crate) last_heartbeat: Option<Instant>,
-    pub(crate) stopped: bool,
-    pub(crate) called_off: Option<CallOff>,
+    pub(crate) ended: Option<AttemptError>,
 }
 
 impl Inbox {
@@ -70,37 +69,27 @@ impl Inbox {
         self.wake.notify_one();
     }
 
-    /// Tells the waiting attempt to give up.
-    fn stop(&self) {
+    /// Tells the waiting attempt to give up with `why`.
+    fn end(&self, why: AttemptError) {
         if let Ok(mut st) = self.state.lock() {
-            st.stopped = true;
-        }
-        self.wake.notify_one();
-    }
-
-    /// Tells the waiting attempt it was called off.
-    fn call_off(&self, why: CallOff) {
-        if let Ok(mut st) = self.state.lock() {
-            st.called_off.get_or_insert(why);
+            st.ended.get_or_insert(why);
         }
         self.wake.notify_one();
     }
 
     /// The final reply if one came, the time of the latest heartbeat, and
-    /// whether the attempt was stopped or called off.
+    /// why the attempt must give up, if it must.
     pub(crate) fn take(&self) -> Arrived {
         match self.state.lock() {
             Ok(mut st) => Arrived {
                 reply: st.reply.take(),
                 last_heartbeat: st.last_heartbeat,
-                stopped: st.stopped,
-                called_off: st.called_off,
+                ended: st.ended.clone(),
             },
             Err(_) => Arrived {
                 reply: None,
                 last_heartbeat: None,
-                stopped: true,
-                called_off: None,
+                ended: Some(AttemptError::Cancelled),
             },
         }
     }
@@ -218,7 +207,9 @@ impl CallOffHandle {
 
     /// Calls the attempt off (the first reason given stands).
     pub fn call_off(&self, why: CallOff) {
-        self.0.call_off(why);
+        self.0.end(match why {
+            CallOff::HedgeLost => AttemptError::HedgeLost,
+        });
     }
 }
 
@@ -322,7 +313,7 @@ impl Dispatcher {
         self.inner.stopped.store(true, Ordering::SeqCst);
         if let Ok(p) = self.inner.pending.lock() {
             for inbox in p.values() {
-                inbox.stop();
+                inbox.end(AttemptError::Cancelled);
             }
         }
     }
@@ -397,11 +388,7 @@ impl Dispatcher {
                 }
             }
             let arrived = inbox.take();
-            let given_up = match arrived.called_off {
-                Some(CallOff::HedgeLost) => Some(AttemptError::HedgeLost),
-                None => arrived.stopped.then_some(AttemptError::Cancelled),
-            };
-            if let Some(err) = given_up {
+            if let Some(err) = arrived.ended {
                 // Stop the worker too: it aborts its model call.
                 Box::pin(self.cancel(role, slot, &request_id)).await;
                 return Err(err);

@@ -140,7 +140,7 @@ fn worker_reply() {
         let inbox = Inbox::default();
         inbox.deliver(inbound.message());
         let arrived = inbox.take();
-        prop_assert!(!arrived.stopped);
+        prop_assert!(arrived.ended.is_none());
         let (reply, heartbeat) = (arrived.reply, arrived.last_heartbeat);
         let is_heartbeat = inbound
             .headers
