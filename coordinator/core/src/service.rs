@@ -419,15 +419,7 @@ impl Coordinator {
     async fn execute_inner(&self, request: SubmitRequest) -> Result<OrchestratedResult, ErrorBody> {
         let spec = self.spec(request)?;
         self.check_refs(&spec).await?;
-        let id = spec.task_id.clone();
-        let pending = async {
-            match &self.results {
-                Some(store) => store.start(&id).await.ok(),
-                None => None,
-            }
-        };
-        let (result, pending) =
-            run_beside(Box::pin(self.run(Box::new(spec))), Box::pin(pending)).await;
+        let (result, pending) = Box::pin(self.run_marked(Box::new(spec))).await;
         self.finish_event(&result).await;
         self.store(&result, pending).await;
         Ok(result)
@@ -571,6 +563,13 @@ impl Coordinator {
         // buffer it was cut from for as long as the task runs.
         request.message.payload = bytes::Bytes::new();
         request.message.headers = None;
+        let (result, pending) = Box::pin(self.run_marked(spec)).await;
+        Box::pin(self.answer_submit(&request, enc, result, pending)).await;
+    }
+
+    /// Runs a request/reply task and, beside it, writes its pending-result
+    /// marker (with JetStream), returning the result and the marker.
+    async fn run_marked(&self, spec: Box<TaskSpec>) -> (OrchestratedResult, Option<Stored>) {
         let id = spec.task_id.clone();
         let pending = async {
             match &self.results {
@@ -578,9 +577,7 @@ impl Coordinator {
                 None => None,
             }
         };
-        let (result, pending) =
-            Box::pin(run_beside(Box::pin(self.run(spec)), Box::pin(pending))).await;
-        Box::pin(self.answer_submit(&request, enc, result, pending)).await;
+        run_beside(Box::pin(self.run(spec)), Box::pin(pending)).await
     }
 
     /// After a submitted task: its final event, the reply, the stored result.
@@ -936,7 +933,8 @@ mod tests {
     }
 
     /// Every task in flight holds the submit handler (in its tokio task),
-    /// `run_beside` and `run` while it waits on a worker: see the same test
+    /// `run_marked` (with `run_beside` in it) and `run` while it waits on a
+    /// worker: see the same test
     /// in `pipeline` for the reasons and the rest of the chain.
     #[test]
     fn waiting_task_state_stays_small() {
@@ -949,12 +947,15 @@ mod tests {
         type Main = std::pin::Pin<Box<std::future::Ready<OrchestratedResult>>>;
         type Side = std::pin::Pin<Box<std::future::Ready<Option<Stored>>>>;
         let beside = future_size(|(a, b): (Main, Side)| run_beside(a, b));
+        let marked = future_size(|(c, s): (C, Box<TaskSpec>)| c.run_marked(s));
         eprintln!(
-            "submit handler {handler} B, run {run} B, run_beside {beside} B, durable {durable} B"
+            "submit handler {handler} B, run {run} B, run_beside {beside} B, \
+             run_marked {marked} B, durable {durable} B"
         );
         assert!(handler <= 512, "submit handler future is {handler} bytes");
         assert!(run <= 768, "Coordinator::run future is {run} bytes");
         assert!(beside <= 512, "run_beside future is {beside} bytes");
+        assert!(marked <= 512, "run_marked future is {marked} bytes");
         assert!(durable <= 768, "run_durable future is {durable} bytes");
     }
 
