@@ -10,7 +10,7 @@
 //! long before the attempt's deadline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -223,8 +223,9 @@ struct Inner {
     pending: Mutex<HashMap<u64, Arc<Inbox>>>,
     next: AtomicU64,
     instance: String,
-    /// Set by [`Dispatcher::stop_all`]: attempts started later give up at once.
-    stopped: AtomicBool,
+    /// Cancelled by [`Dispatcher::stop_all`]: attempts started later give up
+    /// at once, and waits for capacity end.
+    stopped: CancellationToken,
 }
 
 /// Sends attempts and routes their replies. Cheap to clone.
@@ -273,7 +274,7 @@ impl Dispatcher {
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             instance,
-            stopped: AtomicBool::new(false),
+            stopped: CancellationToken::new(),
         });
         let router = inner.clone();
         tracker.spawn(async move {
@@ -310,12 +311,17 @@ impl Dispatcher {
     /// to cancel). For the drain deadline; an attempt holds no timer or
     /// future of its own for this.
     pub fn stop_all(&self) {
-        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.stopped.cancel();
         if let Ok(p) = self.inner.pending.lock() {
             for inbox in p.values() {
                 inbox.end(AttemptError::Cancelled);
             }
         }
+    }
+
+    /// Resolves once [`stop_all`](Self::stop_all) was called.
+    pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.inner.stopped.cancelled()
     }
 
     /// Sends `request` to `role`/`slot` and waits for its outcome. `span`'s
@@ -343,7 +349,7 @@ impl Dispatcher {
         }
         let _guard = PendingGuard { inner, id };
         // Checked after registering: stop_all either sees this attempt or it sees the flag.
-        if inner.stopped.load(Ordering::SeqCst) {
+        if inner.stopped.is_cancelled() {
             return Err(AttemptError::Cancelled);
         }
         let request_id = format!("{}-{id}", inner.instance);

@@ -23,7 +23,6 @@ use orch_shared::wire::{
 use orch_shared::{Blob, ErrorBody, ErrorCode, Role, Slot, TaskId};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{CoordinatorConfig, PhaseTimeouts};
 use crate::dispatch::{
@@ -133,8 +132,6 @@ pub struct Pipeline {
     dispatcher: Dispatcher,
     events: EventSink,
     config: std::sync::Arc<CoordinatorConfig>,
-    /// Cancelled when the coordinator stops waiting for tasks (drain deadline).
-    hard_stop: CancellationToken,
     /// Rolling attempt latencies (hedging thresholds).
     latency: std::sync::Arc<LatencyWindows>,
 }
@@ -147,18 +144,17 @@ struct RoleRun {
 }
 
 impl Pipeline {
-    /// A pipeline dispatching through `dispatcher`.
+    /// A pipeline dispatching through `dispatcher` (whose
+    /// [`Dispatcher::stop_all`] also ends the pipeline's waits for capacity).
     pub fn new(
         dispatcher: Dispatcher,
         events: EventSink,
         config: std::sync::Arc<CoordinatorConfig>,
-        hard_stop: CancellationToken,
     ) -> Pipeline {
         Pipeline {
             dispatcher,
             events,
             config,
-            hard_stop,
             latency: Default::default(),
         }
     }
@@ -519,7 +515,7 @@ impl Pipeline {
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = self.hard_stop.cancelled() => return self.failed(role, last_slot, run, role_started, offset),
+                () = self.dispatcher.stopped() => return self.failed(role, last_slot, run, role_started, offset),
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
             round = busy;

@@ -95,7 +95,6 @@ pub struct Coordinator {
     permits: Arc<Semaphore>,
     background: TaskTracker,
     stop_background: CancellationToken,
-    hard_stop: CancellationToken,
     health: Option<Arc<NatsHealth>>,
 }
 
@@ -129,13 +128,7 @@ impl Coordinator {
         if let Some(d) = &durable {
             events = events.with_jetstream(d.js.clone());
         }
-        let hard_stop = CancellationToken::new();
-        let pipeline = Pipeline::new(
-            dispatcher.clone(),
-            events.clone(),
-            config.clone(),
-            hard_stop.clone(),
-        );
+        let pipeline = Pipeline::new(dispatcher.clone(), events.clone(), config.clone());
         let stats = Arc::new(Stats::default());
         let progress = Arc::new(crate::projection::Progress::default());
         let shared_stats = durable.is_some() && config.events;
@@ -168,7 +161,6 @@ impl Coordinator {
             progress,
             background,
             stop_background,
-            hard_stop,
             health: None,
         })
     }
@@ -879,7 +871,6 @@ pub async fn serve(
             tasks = cancelled_at_drain,
             "drain deadline passed; cancelling running tasks"
         );
-        coord.hard_stop.cancel();
         coord.dispatcher.stop_all();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     }
