@@ -20,13 +20,14 @@
 //! The batch exporters run on their own threads with a blocking HTTP client;
 //! [`Telemetry::shutdown`] flushes them from a blocking task.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, SpanProcessor};
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
@@ -36,6 +37,48 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The name of the tracer (the instrumentation scope of every span of ours).
+pub const TRACER_NAME: &str = "orch";
+
+/// Where spans recorded after the fact ([`crate::trace::RecordedSpan`]) go:
+/// the tracer's own batch processor, set when traces are exported.
+static RECORDER: OnceLock<Arc<BatchSpanProcessor>> = OnceLock::new();
+
+/// Hands a finished span to the exporter (nothing when traces are not exported).
+pub(crate) fn export_span(span: SpanData) {
+    if let Some(batch) = RECORDER.get() {
+        batch.on_end(span);
+    }
+}
+
+/// Whether spans are exported (recorded spans are built only then).
+pub(crate) fn exporting_spans() -> bool {
+    RECORDER.get().is_some()
+}
+
+/// The tracer provider's processor: the batch processor it shares with
+/// [`RECORDER`]. The resource was set on it before it was shared.
+#[derive(Debug)]
+struct SharedProcessor(Arc<BatchSpanProcessor>);
+
+impl SpanProcessor for SharedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.0.on_end(span);
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -241,6 +284,7 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
     }
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut exporting_traces = false;
+    let mut recorder = None;
     let (trace_client, metric_client) = otlp_clients(
         &|k| std::env::var(k).ok(),
         env.export_traces,
@@ -249,14 +293,21 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
     if env.export_traces {
         match trace_client.and_then(|c| span_exporter(&env.protocol, c)) {
             Ok(exporter) => {
-                tracer_builder = tracer_builder.with_batch_exporter(exporter);
+                // One batch processor, shared by the tracer and the spans
+                // recorded after the fact (`trace::RecordedSpan`). It gets the
+                // resource now: once shared, the provider cannot set it.
+                let mut batch = BatchSpanProcessor::builder(exporter).build();
+                batch.set_resource(&resource);
+                let batch = Arc::new(batch);
+                tracer_builder = tracer_builder.with_span_processor(SharedProcessor(batch.clone()));
+                recorder = Some(batch);
                 exporting_traces = true;
             }
             Err(e) => eprintln!("{service}: OTLP trace export disabled: {e}"),
         }
     }
     let tracer_provider = tracer_builder.build();
-    let tracer = tracer_provider.tracer("orch");
+    let tracer = tracer_provider.tracer(TRACER_NAME);
 
     // Spans of our code and the HTTP/NATS libraries' warnings; never the
     // exporter's own logs (they would feed back into the exporter).
@@ -296,6 +347,9 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
         Box::new(BaggagePropagator::new()),
     ]));
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+    if let Some(batch) = recorder {
+        let _ = RECORDER.set(batch);
+    }
 
     let mut meter = None;
     if env.export_metrics {

@@ -7,10 +7,15 @@
 //! [`crate::telemetry::init`] installs; before that (or with
 //! `OTEL_SDK_DISABLED=true`) they do nothing.
 
+use std::time::SystemTime;
+
 use async_nats::HeaderMap;
-use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt as _};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{
+    IdGenerator as _, RandomIdGenerator, SpanData, SpanEvents, SpanLinks,
+};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -129,6 +134,116 @@ pub fn current_trace_id() -> Option<String> {
 pub fn record_error(span: &Span, error_type: &str, description: &str) {
     span.set_status(opentelemetry::trace::Status::error(description.to_string()));
     span.set_attribute("error.type", error_type.to_string());
+}
+
+/// A span recorded after the fact. While it is open it is its ids and start
+/// time (~90 bytes, no allocation, nothing entered or polled); when it ends it
+/// is handed to the exporter whole, with its name, kind, attributes and status.
+///
+/// For spans a busy process holds by the thousand while it waits, such as the
+/// coordinator's phase and dispatch-attempt spans: a `tracing` span with its
+/// OpenTelemetry data holds 0.7-1.9 KB for its whole life (measured), and its
+/// instrumentation runs on every poll. The cost is that log lines are not
+/// nested in it (they stay in the enclosing `tracing` span, with its trace id).
+///
+/// Sampling follows the parent, like the SDK's default parent-based sampler:
+/// the span is sampled if its parent is, and invalid if the parent is.
+#[derive(Debug)]
+pub struct RecordedSpan {
+    cx: SpanContext,
+    parent: SpanId,
+    start: SystemTime,
+}
+
+/// What a [`RecordedSpan`] is, known when it ends.
+pub struct SpanEnd {
+    /// The span's name.
+    pub name: std::borrow::Cow<'static, str>,
+    /// Its kind (client, producer, internal, ...).
+    pub kind: SpanKind,
+    /// Its attributes.
+    pub attributes: Vec<KeyValue>,
+    /// Its status (`Unset` unless it failed).
+    pub status: Status,
+}
+
+impl RecordedSpan {
+    /// A span that starts now, a child of `parent` (in the same trace).
+    pub fn child_of(parent: &SpanContext) -> RecordedSpan {
+        let cx = if parent.is_valid() {
+            SpanContext::new(
+                parent.trace_id(),
+                RandomIdGenerator::default().new_span_id(),
+                parent.trace_flags(),
+                false,
+                parent.trace_state().clone(),
+            )
+        } else {
+            SpanContext::empty_context()
+        };
+        RecordedSpan {
+            cx,
+            parent: parent.span_id(),
+            start: SystemTime::now(),
+        }
+    }
+
+    /// A span that starts now, a child of the current `tracing` span.
+    pub fn child_of_current() -> RecordedSpan {
+        let cx = Span::current().context();
+        RecordedSpan::child_of(cx.span().span_context())
+    }
+
+    /// Its ids: the parent of whatever it does (and of remote spans, through
+    /// [`RecordedSpan::inject`]).
+    pub fn span_context(&self) -> &SpanContext {
+        &self.cx
+    }
+
+    /// Injects its trace context into NATS headers.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        if self.cx.is_valid() {
+            inject_context(
+                &Context::new().with_remote_span_context(self.cx.clone()),
+                headers,
+            );
+        }
+    }
+
+    /// Whether ending it exports anything (it is sampled and spans are
+    /// exported): when not, there is no need to build its [`SpanEnd`].
+    pub fn recording(&self) -> bool {
+        self.cx.is_sampled() && crate::telemetry::exporting_spans()
+    }
+
+    /// Ends the span now and hands it to the exporter, if it is
+    /// [`recording`](Self::recording).
+    pub fn end(self, end: SpanEnd) {
+        if !self.recording() {
+            return;
+        }
+        crate::telemetry::export_span(SpanData {
+            span_context: self.cx,
+            parent_span_id: self.parent,
+            parent_span_is_remote: false,
+            span_kind: end.kind,
+            name: end.name,
+            start_time: self.start,
+            end_time: SystemTime::now(),
+            attributes: end.attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: end.status,
+            instrumentation_scope: scope().clone(),
+        });
+    }
+}
+
+/// The instrumentation scope of every span of ours (the tracer's, `orch`).
+fn scope() -> &'static InstrumentationScope {
+    static SCOPE: std::sync::OnceLock<InstrumentationScope> = std::sync::OnceLock::new();
+    SCOPE.get_or_init(|| InstrumentationScope::builder(crate::telemetry::TRACER_NAME).build())
 }
 
 #[cfg(test)]

@@ -40,6 +40,12 @@ pub struct SpanRecord {
     pub events: Vec<(String, BTreeMap<String, String>)>,
     /// OTLP status code: 0 unset, 1 ok, 2 error.
     pub status: i32,
+    /// Start and end, in nanoseconds since the Unix epoch.
+    pub start_ns: u64,
+    /// See `start_ns`.
+    pub end_ns: u64,
+    /// Name of the instrumentation scope that made it.
+    pub scope: String,
 }
 
 impl SpanRecord {
@@ -134,6 +140,11 @@ async fn traces(State(state): State<Arc<Mutex<Received>>>, body: Bytes) -> Statu
             .and_then(|r| attrs(&r.attributes).remove("service.name"))
             .unwrap_or_default();
         for ss in rs.scope_spans {
+            let scope = ss
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
             for s in ss.spans {
                 g.spans.push(SpanRecord {
                     service: service.clone(),
@@ -149,6 +160,9 @@ async fn traces(State(state): State<Arc<Mutex<Received>>>, body: Bytes) -> Statu
                         .map(|e| (e.name.clone(), attrs(&e.attributes)))
                         .collect(),
                     status: s.status.map_or(0, |st| st.code),
+                    start_ns: s.start_time_unix_nano,
+                    end_ns: s.end_time_unix_nano,
+                    scope: scope.clone(),
                 });
             }
         }

@@ -367,6 +367,19 @@ async fn one_trace_covers_client_coordinator_workers_and_model_calls() {
     assert!(kimi.attr("error.type").is_some());
     assert_eq!(gpt.attr("orch.outcome"), Some("ok"));
     for a in [kimi, gpt] {
+        assert_eq!(
+            ids[a.parent_span_id.as_str()].name,
+            "phase reasoning",
+            "a reasoner attempt is a child of its phase"
+        );
+        let phase = ids[a.parent_span_id.as_str()];
+        assert!(
+            phase.start_ns <= a.start_ns && a.start_ns < a.end_ns && a.end_ns <= phase.end_ns,
+            "an attempt lies within its phase: {a:?} in {phase:?}"
+        );
+        assert_eq!(a.scope, task.scope, "one instrumentation scope");
+        assert_eq!(a.attr("orch.hedge"), Some("false"));
+        assert!(a.attr("orch.budget_ms").is_some());
         assert_eq!(a.kind, 3, "attempt is CLIENT");
         assert_eq!(a.attr("messaging.system"), Some("nats"));
         assert_eq!(a.attr("messaging.operation.type"), Some("send"));

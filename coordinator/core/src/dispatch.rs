@@ -339,7 +339,7 @@ impl Dispatcher {
         payload: Bytes,
         limits: AttemptLimits,
         call_off: CallOffHandle,
-        span: &tracing::Span,
+        span: &orch_shared::trace::RecordedSpan,
     ) -> Result<WorkReply, AttemptError> {
         let inner = &*self.inner;
         let id = inner.next.fetch_add(1, Ordering::Relaxed);
@@ -364,7 +364,7 @@ impl Dispatcher {
         h.insert(headers::ORCH_REQUEST_ID, request_id.as_str());
         h.insert(headers::ORCH_TASK_ID, task_id.as_str());
         // The worker's span becomes a child of this attempt's span.
-        orch_shared::trace::inject_span(span, &mut h);
+        span.inject(&mut h);
         // The role travels in the reply subject so NATS permissions can let a
         // worker answer its own role's attempts only (deploy/nats/permissions.conf).
         let reply = subjects::attempt_reply(&inner.prefix, role, id);

@@ -13,9 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tracing::Instrument as _;
+
+use opentelemetry::trace::SpanContext;
 
 use orch_shared::role::RoleSet;
+use orch_shared::trace::RecordedSpan;
 use orch_shared::wire::{
     Attempt, EventKind, ModelResult, ObjectRef, OrchestratedResult, Phase, Plan, SubmitRequest,
     Verdict, VisionAnalysis, WebFindings, WorkReply, WorkRequest,
@@ -264,9 +266,10 @@ impl Pipeline {
     ) {
         let phase_start = Box::pin(self.phase_started(spec, phase, &[role])).await;
         let deadline = Instant::now() + timeout;
-        let run = Box::pin(self.run_chain(spec, started, role, req, deadline))
-            .instrument(crate::telemetry::phase_span(phase.as_str()))
-            .await;
+        let span = RecordedSpan::child_of_current();
+        let run =
+            Box::pin(self.run_chain(spec, started, role, req, deadline, span.span_context())).await;
+        crate::telemetry::phase_finished(span, phase.as_str());
         runs.insert(role, run);
         Box::pin(self.phase_completed(spec, phase, phase_start, runs, &[role])).await;
     }
@@ -285,6 +288,8 @@ impl Pipeline {
             .collect();
         let phase_start = Box::pin(self.phase_started(spec, Phase::Parallel, &roles)).await;
         let deadline = Instant::now() + spec.timeouts.parallel;
+        let span = RecordedSpan::child_of_current();
+        let parent = span.span_context();
         let chain = |role: Role| async move {
             if !spec.roles.contains(role) {
                 return None;
@@ -293,11 +298,10 @@ impl Pipeline {
             if role == Role::Web {
                 req.query = Some(spec.web_query.clone());
             }
-            Some(Box::pin(self.run_chain(spec, started, role, req, deadline)).await)
+            Some(Box::pin(self.run_chain(spec, started, role, req, deadline, parent)).await)
         };
-        let (v, w) = async { tokio::join!(chain(Role::Vision), chain(Role::Web)) }
-            .instrument(crate::telemetry::phase_span(Phase::Parallel.as_str()))
-            .await;
+        let (v, w) = tokio::join!(chain(Role::Vision), chain(Role::Web));
+        crate::telemetry::phase_finished(span, Phase::Parallel.as_str());
         for (role, run) in [(Role::Vision, v), (Role::Web, w)] {
             if let Some(run) = run {
                 runs.insert(role, run);
@@ -384,6 +388,7 @@ impl Pipeline {
         role: Role,
         req: Box<WorkRequest>,
         deadline: Instant,
+        phase: &SpanContext,
     ) -> RoleRun {
         let chain = self.config.chain(role).to_vec();
         let role_started = Instant::now();
@@ -434,6 +439,7 @@ impl Pipeline {
                         Some((next, after)) => {
                             Box::pin(self.hedged(
                                 spec,
+                                phase,
                                 role,
                                 (slot, &next),
                                 &req,
@@ -447,8 +453,10 @@ impl Pipeline {
                             .await
                         }
                         None => (
-                            self.attempt(spec, role, slot, &req, budget, false, &mut run, offset)
-                                .await,
+                            self.attempt(
+                                spec, phase, role, slot, &req, budget, false, &mut run, offset,
+                            )
+                            .await,
                             None,
                         ),
                     };
@@ -530,6 +538,7 @@ impl Pipeline {
     async fn hedged(
         &self,
         spec: &TaskSpec,
+        phase: &SpanContext,
         role: Role,
         slots: (&Slot, &Slot),
         req: &WorkRequest,
@@ -547,6 +556,7 @@ impl Pipeline {
             let (stop_primary, stop_hedge) = (CallOffHandle::new(), CallOffHandle::new());
             let primary = self.attempt_with(
                 spec,
+                phase,
                 role,
                 primary_slot,
                 req,
@@ -574,6 +584,7 @@ impl Pipeline {
                     );
                     let hedge = self.attempt_with(
                         spec,
+                        phase,
                         role,
                         hedge_slot,
                         req,
@@ -616,6 +627,7 @@ impl Pipeline {
     async fn attempt(
         &self,
         spec: &TaskSpec,
+        phase: &SpanContext,
         role: Role,
         slot: &Slot,
         req: &WorkRequest,
@@ -625,8 +637,10 @@ impl Pipeline {
         offset: impl Fn(Instant) -> f64,
     ) -> Result<(Slot, WorkReply), AttemptError> {
         let handle = CallOffHandle::new();
-        self.attempt_with(spec, role, slot, req, budget, is_hedge, handle, run, offset)
-            .await
+        self.attempt_with(
+            spec, phase, role, slot, req, budget, is_hedge, handle, run, offset,
+        )
+        .await
     }
 
     /// One attempt: event, dispatch, validation, and the record of its outcome.
@@ -634,6 +648,7 @@ impl Pipeline {
     async fn attempt_with(
         &self,
         spec: &TaskSpec,
+        phase: &SpanContext,
         role: Role,
         slot: &Slot,
         req: &WorkRequest,
@@ -660,14 +675,15 @@ impl Pipeline {
         .await;
         let attempt_start = Instant::now();
         let queued = self.config.pull_dispatch.contains(role);
-        let span = crate::telemetry::attempt_span(
+        let what = crate::telemetry::Attempt {
             role,
             slot,
             queued,
-            run.attempts.len() + 1,
+            number: run.attempts.len() + 1,
             budget,
-            is_hedge,
-        );
+            hedge: is_hedge,
+        };
+        let span = RecordedSpan::child_of(phase);
         let outcome = match payload {
             Ok(payload) => {
                 let limits = AttemptLimits {
@@ -687,16 +703,14 @@ impl Pipeline {
         let outcome = outcome.and_then(|reply| validate(role, reply));
         let latency = attempt_start.elapsed();
         match &outcome {
-            Ok(_) => crate::telemetry::attempt_finished(&span, role, slot, latency, None),
+            Ok(_) => crate::telemetry::attempt_finished(span, &what, latency, None),
             Err(err) => crate::telemetry::attempt_finished(
-                &span,
-                role,
-                slot,
+                span,
+                &what,
                 latency,
                 Some((err.code(), &err.to_string())),
             ),
         }
-        drop(span);
         let latency_ms = latency.as_secs_f64() * 1000.0;
         let (outcome_name, error) = match &outcome {
             Ok(_) => {
@@ -719,7 +733,7 @@ impl Pipeline {
         match &outcome {
             Err(AttemptError::HedgeLost) => {}
             Err(err) => {
-                // A span event on the phase span, and a log line.
+                // A span event on the task span, and a log line.
                 tracing::info!(
                     task_id = %spec.task_id, %role, %slot, "error.type" = err.code(),
                     error = %err, "fallback"
@@ -1010,13 +1024,22 @@ mod tests {
         type P = &'static Pipeline;
         type S = &'static TaskSpec;
         type Runs = &'static mut BTreeMap<Role, RoleRun>;
+        static NO_SPAN: std::sync::LazyLock<SpanContext> =
+            std::sync::LazyLock::new(SpanContext::empty_context);
         let run = future_size(|(p, s): (P, S)| p.run(s));
         let phase = future_size(|(p, s, r, m): (P, S, Box<WorkRequest>, Runs)| {
             let phase = (Phase::Reasoning, Role::Reasoner, Duration::ZERO);
             p.one_role_phase(s, Instant::now(), phase, r, m)
         });
         let chain = future_size(|(p, s, r): (P, S, Box<WorkRequest>)| {
-            p.run_chain(s, Instant::now(), Role::Reasoner, r, Instant::now())
+            p.run_chain(
+                s,
+                Instant::now(),
+                Role::Reasoner,
+                r,
+                Instant::now(),
+                &NO_SPAN,
+            )
         });
         eprintln!("pipeline run {run} B, one-role phase {phase} B, chain {chain} B");
         assert!(run <= 768, "Pipeline::run future is {run} bytes");

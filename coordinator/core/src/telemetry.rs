@@ -4,8 +4,12 @@
 //! One trace per task: the `orch.task` span (a child of the submitter's
 //! `traceparent` when it sent one) → one span per phase → one span per
 //! dispatch attempt, whose context travels to the worker in the request's
-//! headers. Fallbacks and conflicts are span events; the task span ends with
-//! the confidence, models used and fallback count.
+//! headers. Fallbacks and conflicts are span events of the task span, which
+//! ends with the confidence, models used and fallback count.
+//!
+//! The task span is a `tracing` span (log lines carry its trace id); phase
+//! and attempt spans are recorded after the fact ([`RecordedSpan`]): a waiting
+//! task holds their ids, not their OpenTelemetry data.
 //!
 //! Metrics go to the global meter provider (a no-op unless OTLP export is on,
 //! see [`orch_shared::telemetry`]).
@@ -16,6 +20,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
+use opentelemetry::trace::{SpanKind, Status};
+use orch_shared::trace::{RecordedSpan, SpanEnd};
 use orch_shared::wire::OrchestratedResult;
 use orch_shared::{Role, Slot};
 use tracing::Span;
@@ -78,59 +84,80 @@ pub fn task_finished(span: &Span, result: &OrchestratedResult) {
     }
 }
 
-/// The span of one phase.
-pub fn phase_span(phase: &'static str) -> Span {
-    tracing::info_span!(
-        "orch.phase",
-        otel.name = %format_args!("phase {phase}"),
-        orch.phase = phase,
-    )
+/// Ends the span of one phase (a child of the task span, recorded after the
+/// fact: see [`RecordedSpan`]).
+pub fn phase_finished(span: RecordedSpan, phase: &'static str) {
+    span.end(SpanEnd {
+        name: format!("phase {phase}").into(),
+        kind: SpanKind::Internal,
+        attributes: vec![KeyValue::new("orch.phase", phase)],
+        status: Status::Unset,
+    });
 }
 
-/// The span of one dispatch attempt: a request (core NATS) or a queued
-/// message (pull dispatch) to one slot. Its context goes into the request's
-/// headers.
-pub fn attempt_span(
-    role: Role,
-    slot: &Slot,
-    queued: bool,
-    attempt: usize,
-    budget: Duration,
-    hedge: bool,
-) -> Span {
-    let subject = if queued {
-        orch_shared::subjects::queue(role, slot)
-    } else {
-        orch_shared::subjects::work(role, slot)
-    };
-    tracing::info_span!(
-        "orch.attempt",
-        otel.name = %format_args!("send {subject}"),
-        otel.kind = if queued { "producer" } else { "client" },
-        messaging.system = "nats",
-        messaging.destination.name = %subject,
-        messaging.operation.type = "send",
-        orch.role = %role,
-        orch.slot = %slot,
-        orch.attempt = attempt as u64,
-        orch.budget_ms = budget.as_millis() as u64,
-        orch.hedge = hedge,
-    )
+/// What the span of one dispatch attempt says: a request (core NATS) or a
+/// queued message (pull dispatch) to one slot.
+pub struct Attempt<'a> {
+    /// The role asked.
+    pub role: Role,
+    /// The slot asked.
+    pub slot: &'a Slot,
+    /// Sent to the slot's work queue (pull dispatch) rather than as a request.
+    pub queued: bool,
+    /// 1-based attempt number within the role's chain.
+    pub number: usize,
+    /// The time the attempt was given.
+    pub budget: Duration,
+    /// A hedge (a second attempt racing a slow first one).
+    pub hedge: bool,
 }
 
-/// Records an attempt's outcome on its span and in the metrics. `error` is
+/// Records an attempt's outcome: ends its span (a child of the phase span,
+/// recorded after the fact; its context went into the request's headers, so
+/// the worker's span is its child) and counts it in the metrics. `error` is
 /// the error code and message of a failed attempt.
 pub fn attempt_finished(
-    span: &Span,
-    role: Role,
-    slot: &Slot,
+    span: RecordedSpan,
+    a: &Attempt<'_>,
     latency: Duration,
     error: Option<(&str, &str)>,
 ) {
+    let Attempt { role, slot, .. } = *a;
     let outcome = error.map_or("ok", |(code, _)| code);
-    span.set_attribute("orch.outcome", outcome.to_string());
-    if let Some((code, message)) = error {
-        orch_shared::trace::record_error(span, code, message);
+    if span.recording() {
+        let subject = if a.queued {
+            orch_shared::subjects::queue(role, slot)
+        } else {
+            orch_shared::subjects::work(role, slot)
+        };
+        let mut attributes = vec![
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.destination.name", subject.clone()),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("orch.role", role.as_str()),
+            KeyValue::new("orch.slot", slot.to_string()),
+            KeyValue::new("orch.attempt", a.number as i64),
+            KeyValue::new("orch.budget_ms", a.budget.as_millis() as i64),
+            KeyValue::new("orch.hedge", a.hedge),
+            KeyValue::new("orch.outcome", outcome.to_string()),
+        ];
+        let status = match error {
+            Some((code, message)) => {
+                attributes.push(KeyValue::new("error.type", code.to_string()));
+                Status::error(message.to_string())
+            }
+            None => Status::Unset,
+        };
+        span.end(SpanEnd {
+            name: format!("send {subject}").into(),
+            kind: if a.queued {
+                SpanKind::Producer
+            } else {
+                SpanKind::Client
+            },
+            attributes,
+            status,
+        });
     }
     let m = metrics();
     let attrs = [
