@@ -417,13 +417,9 @@ impl Coordinator {
         Ok(result)
     }
 
-    async fn store(&self, result: &OrchestratedResult, pending: Option<Stored>) {
+    async fn store(&self, result: &OrchestratedResult, pending_revision: Option<u64>) {
         let Some(store) = &self.results else { return };
-        let revision = match pending {
-            Some(Stored::Pending { revision, .. }) => Some(revision),
-            _ => None,
-        };
-        match store.finish(result, revision).await {
+        match store.finish(result, pending_revision).await {
             Ok(Finish::Stored) => store.announce(result).await,
             Ok(Finish::AlreadyDone(_)) => {
                 tracing::warn!(task_id = %result.task_id, "a result for this task id was already stored; kept the first");
@@ -560,12 +556,17 @@ impl Coordinator {
     }
 
     /// Runs a request/reply task and, beside it, writes its pending-result
-    /// marker (with JetStream), returning the result and the marker.
-    async fn run_marked(&self, spec: Box<TaskSpec>) -> (OrchestratedResult, Option<Stored>) {
+    /// marker (with JetStream), returning the result and the marker's
+    /// revision (all the result's compare-and-set needs; the task keeps only
+    /// that while it runs).
+    async fn run_marked(&self, spec: Box<TaskSpec>) -> (OrchestratedResult, Option<u64>) {
         let id = spec.task_id.clone();
         let pending = async {
             match &self.results {
-                Some(store) => store.start(&id).await.ok(),
+                Some(store) => match store.start(&id).await {
+                    Ok(Stored::Pending { revision, .. }) => Some(revision),
+                    _ => None,
+                },
                 None => None,
             }
         };
@@ -578,7 +579,7 @@ impl Coordinator {
         request: &service::Request,
         enc: Encoding,
         result: OrchestratedResult,
-        pending: Option<Stored>,
+        pending_revision: Option<u64>,
     ) {
         Box::pin(self.finish_event(&result)).await;
         // Reply first: storing the result is for later readers, not this caller.
@@ -589,7 +590,7 @@ impl Coordinator {
                 Box::pin(reply_error(request, enc, &body)).await;
             }
         }
-        Box::pin(self.store(&result, pending)).await;
+        Box::pin(self.store(&result, pending_revision)).await;
     }
 
     async fn handle_results_get(&self, request: service::Request) {
@@ -936,7 +937,7 @@ mod tests {
         let run = future_size(|(c, s): (C, Box<TaskSpec>)| c.run(s));
         let durable = future_size(|(c, s): (C, Box<TaskSpec>)| c.run_durable(s, 1));
         type Main = std::pin::Pin<Box<std::future::Ready<OrchestratedResult>>>;
-        type Side = std::pin::Pin<Box<std::future::Ready<Option<Stored>>>>;
+        type Side = std::pin::Pin<Box<std::future::Ready<Option<u64>>>>;
         let beside = future_size(|(a, b): (Main, Side)| run_beside(a, b));
         let marked = future_size(|(c, s): (C, Box<TaskSpec>)| c.run_marked(s));
         eprintln!(
