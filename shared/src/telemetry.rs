@@ -323,6 +323,9 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
         .with_target("h2", LevelFilter::WARN)
         .with_target("reqwest", LevelFilter::WARN)
         .with_target("rustls", LevelFilter::WARN);
+    // Log lines within a task trace (no `tracing` span around them) become
+    // its span events, under the same filter.
+    let task_events = TaskEvents.with_filter(otel_targets.clone());
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -335,6 +338,7 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
     if tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
+        .with(task_events)
         .try_init()
         .is_err()
     {
@@ -347,6 +351,9 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
         Box::new(BaggagePropagator::new()),
     ]));
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+    // Task traces (`trace::TaskTrace`) sample as the provider does: its
+    // default configuration reads the same OTEL_TRACES_SAMPLER variables.
+    crate::trace::install_sampler(opentelemetry_sdk::trace::Config::default().sampler);
     if let Some(batch) = recorder {
         let _ = RECORDER.set(batch);
     }
@@ -579,8 +586,63 @@ where
                 line.insert("trace_id".into(), t.into());
                 line.insert("span_id".into(), s.into());
             }
+        } else if let Some(Some((t, s))) = crate::trace::TaskTrace::with_current(|task| {
+            let cx = task.context();
+            let sc = cx.span().span_context().clone();
+            sc.is_valid()
+                .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+        }) {
+            line.insert("trace_id".into(), t.into());
+            line.insert("span_id".into(), s.into());
         }
         writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// Turns log lines logged within a [`crate::trace::TaskTrace`] (and outside
+/// any `tracing` span, whose OpenTelemetry layer takes those) into span
+/// events of the task: the message is the event's name, the other fields
+/// (with `level` and `target`) its attributes.
+struct TaskEvents;
+
+impl<S> tracing_subscriber::Layer<S> for TaskEvents
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if ctx.lookup_current().is_some() {
+            return;
+        }
+        crate::trace::TaskTrace::with_current(|task| {
+            if !task.recording() {
+                return;
+            }
+            let meta = event.metadata();
+            let mut fields = JsonVisitor(serde_json::Map::new());
+            event.record(&mut fields);
+            let name = match fields.0.remove("message") {
+                Some(serde_json::Value::String(m)) => m,
+                Some(other) => other.to_string(),
+                None => meta.name().to_string(),
+            };
+            let mut attributes = vec![
+                opentelemetry::KeyValue::new("level", meta.level().as_str()),
+                opentelemetry::KeyValue::new("target", meta.target().to_string()),
+            ];
+            attributes.extend(fields.0.into_iter().map(|(k, v)| {
+                let value: opentelemetry::Value = match v {
+                    serde_json::Value::Bool(b) => b.into(),
+                    serde_json::Value::Number(n) if n.is_i64() => {
+                        n.as_i64().unwrap_or_default().into()
+                    }
+                    serde_json::Value::Number(n) => n.as_f64().unwrap_or_default().into(),
+                    serde_json::Value::String(s) => s.into(),
+                    other => other.to_string().into(),
+                };
+                opentelemetry::KeyValue::new(k, value)
+            }));
+            task.add_event(name, attributes);
+        });
     }
 }
 

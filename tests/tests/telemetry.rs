@@ -391,12 +391,14 @@ async fn one_trace_covers_client_coordinator_workers_and_model_calls() {
             ))
         );
     }
-    assert!(
-        spans
-            .iter()
-            .any(|s| s.events.iter().any(|(n, _)| n == "fallback")),
-        "no fallback span event"
-    );
+    // The fallback's log line is an event of the task span, with its fields.
+    let fallback = task
+        .events
+        .iter()
+        .find(|(n, _)| n == "fallback")
+        .unwrap_or_else(|| panic!("no fallback event on the task span: {task:?}"));
+    assert_eq!(fallback.1.get("slot").map(String::as_str), Some("kimi_k2"));
+    assert_eq!(fallback.1.get("level").map(String::as_str), Some("INFO"));
     // Each worker span is the child of an attempt, on the worker's side.
     let jobs: Vec<&SpanRecord> = spans
         .iter()

@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
@@ -218,12 +217,12 @@ async fn accept(
     };
     let coord = coord.clone();
     let ack_wait = durable.config.ack_wait;
-    let span = crate::telemetry::task_span(&msg.subject, true, msg.headers.as_ref());
+    let trace = crate::telemetry::task_trace(&msg.subject, true, msg.headers.as_ref());
     // Boxed, and the message dropped once split from its acker: the spawned
     // task holds only what it needs while the task waits on workers (a kept
     // payload would also pin the connection's read buffer it was cut from).
     let spec = Box::new(spec);
-    tasks.spawn(
+    tasks.spawn(trace.run(
         async move {
         let _permit = permit;
         let (_, acker) = msg.split();
@@ -257,8 +256,7 @@ async fn accept(
             }
         }
     }
-        .instrument(span),
-    );
+    ));
 }
 
 /// Dead-letters an unusable task and terminates its delivery (or naks it when

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use async_nats::Client;
 use async_nats::service::{self, ServiceExt as _};
@@ -255,10 +254,9 @@ impl Coordinator {
             return hit;
         }
         let _in_flight = crate::telemetry::InFlight::enter();
-        tracing::Span::current().record("orch.task_id", spec.task_id.as_str());
         let mut result = Box::pin(self.pipeline.run(&spec)).await;
         result.trace_id = orch_shared::trace::current_trace_id();
-        crate::telemetry::task_finished(&tracing::Span::current(), &result);
+        crate::telemetry::task_finished(&result);
         if let (Some(store), Some(key)) = (cache, &key) {
             Box::pin(crate::cache::store(store, key, &result)).await;
         }
@@ -279,7 +277,7 @@ impl Coordinator {
         hit.cached = true;
         hit.execution_time_ms = started.elapsed().as_secs_f64() * 1000.0;
         hit.trace_id = orch_shared::trace::current_trace_id();
-        crate::telemetry::task_finished(&tracing::Span::current(), &hit);
+        crate::telemetry::task_finished(&hit);
         Box::pin(self.events.emit(
             &spec.task_id,
             orch_shared::wire::EventKind::ActionStart,
@@ -404,8 +402,8 @@ impl Coordinator {
     /// # Errors
     /// The error body a submit would get for an invalid request.
     pub async fn execute(&self, request: SubmitRequest) -> Result<OrchestratedResult, ErrorBody> {
-        let span = crate::telemetry::task_span("execute", false, None);
-        self.execute_inner(request).instrument(span).await
+        let trace = crate::telemetry::task_trace("execute", false, None);
+        trace.run(self.execute_inner(request)).await
     }
 
     async fn execute_inner(&self, request: SubmitRequest) -> Result<OrchestratedResult, ErrorBody> {
@@ -892,13 +890,13 @@ async fn admit(coord: &Arc<Coordinator>, tasks: &TaskTracker, request: service::
     match coord.permits.clone().try_acquire_owned() {
         Ok(permit) => {
             let coord = coord.clone();
-            let span = crate::telemetry::task_span(
+            let trace = crate::telemetry::task_trace(
                 subjects::SUBMIT,
                 false,
                 request.message.headers.as_ref(),
             );
             let request = Box::new(request);
-            tasks.spawn(async move { coord.handle_submit(request, permit).await }.instrument(span));
+            tasks.spawn(trace.run(async move { coord.handle_submit(request, permit).await }));
         }
         Err(_) => {
             let enc = Encoding::from_headers(request.message.headers.as_ref()).unwrap_or_default();

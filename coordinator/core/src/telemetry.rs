@@ -7,9 +7,11 @@
 //! headers. Fallbacks and conflicts are span events of the task span, which
 //! ends with the confidence, models used and fallback count.
 //!
-//! The task span is a `tracing` span (log lines carry its trace id); phase
-//! and attempt spans are recorded after the fact ([`RecordedSpan`]): a waiting
-//! task holds their ids, not their OpenTelemetry data.
+//! All three are recorded after the fact: a waiting task holds their ids and
+//! start times, not their OpenTelemetry data ([`RecordedSpan`]). The task's
+//! trace ([`TaskTrace`]) is the current trace context while the task runs, so
+//! its events, replies and JSON log lines carry its trace id, and its log
+//! lines become its span events.
 //!
 //! Metrics go to the global meter provider (a no-op unless OTLP export is on,
 //! see [`orch_shared::telemetry`]).
@@ -21,52 +23,61 @@ use async_nats::HeaderMap;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
 use opentelemetry::trace::{SpanKind, Status};
-use orch_shared::trace::{RecordedSpan, SpanEnd};
+use orch_shared::trace::{RecordedSpan, SpanEnd, TaskTrace};
 use orch_shared::wire::OrchestratedResult;
 use orch_shared::{Role, Slot};
-use tracing::Span;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// The span of one task, continuing the trace in `headers` when they carry
-/// one. `subject` is where the task arrived; `durable` says whether it came
-/// from the durable intake (a queue consumer) or request/reply (a server).
-pub fn task_span(subject: &str, durable: bool, headers: Option<&HeaderMap>) -> Span {
-    let span = tracing::info_span!(
+/// The trace of one task (the `orch.task` span), continuing the trace in
+/// `headers` when they carry one. `subject` is where the task arrived;
+/// `durable` says whether it came from the durable intake (a queue consumer)
+/// or request/reply (a server). Run the task inside it ([`TaskTrace::run`]).
+pub fn task_trace(subject: &str, durable: bool, headers: Option<&HeaderMap>) -> TaskTrace {
+    let group = if durable {
+        orch_shared::subjects::CONSUMER_TASKS
+    } else {
+        orch_shared::subjects::COORDINATOR_QUEUE
+    };
+    TaskTrace::start(
         "orch.task",
-        otel.name = "orch.task",
-        otel.kind = if durable { "consumer" } else { "server" },
-        messaging.system = "nats",
-        messaging.destination.name = %subject,
-        messaging.operation.type = "process",
-        messaging.consumer.group.name = if durable {
-            orch_shared::subjects::CONSUMER_TASKS
+        if durable {
+            SpanKind::Consumer
         } else {
-            orch_shared::subjects::COORDINATOR_QUEUE
+            SpanKind::Server
         },
-        orch.task_id = Empty,
-    );
-    orch_shared::trace::follow(&span, headers);
-    span
+        &orch_shared::trace::extract(headers),
+        vec![
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.destination.name", subject.to_string()),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.consumer.group.name", group),
+        ],
+    )
 }
 
-/// Records a finished task on its span and in the metrics. The outcome
-/// attributes are set only now, not declared as span fields: a declared field
-/// costs an attribute slot for the span's whole life, and the task spans of
-/// waiting tasks are a large part of a busy coordinator's memory.
-pub fn task_finished(span: &Span, result: &OrchestratedResult) {
+/// Records a finished task on its trace (the running [`TaskTrace`]) and in
+/// the metrics.
+pub fn task_finished(result: &OrchestratedResult) {
     let success = result.succeeded() || !result.model_results.contains_key(&Role::Reasoner);
-    span.record("orch.task_id", result.task_id.as_str());
-    span.set_attribute("orch.success", success);
-    span.set_attribute("orch.cached", result.cached);
-    span.set_attribute("orch.confidence", result.confidence);
-    span.set_attribute("orch.models_used", result.models_used.join(","));
-    span.set_attribute("orch.fallback_count", result.fallback_chain.len() as i64);
-    span.set_attribute("orch.conflict_count", result.conflicts.len() as i64);
-    span.set_attribute("orch.execution_time_ms", result.execution_time_ms);
-    if !success {
-        orch_shared::trace::record_error(span, "all_slots_failed", "every reasoner slot failed");
-    }
+    TaskTrace::with_current(|task| {
+        if !task.recording() {
+            return;
+        }
+        for kv in [
+            KeyValue::new("orch.task_id", result.task_id.clone()),
+            KeyValue::new("orch.success", success),
+            KeyValue::new("orch.cached", result.cached),
+            KeyValue::new("orch.confidence", result.confidence),
+            KeyValue::new("orch.models_used", result.models_used.join(",")),
+            KeyValue::new("orch.fallback_count", result.fallback_chain.len() as i64),
+            KeyValue::new("orch.conflict_count", result.conflicts.len() as i64),
+            KeyValue::new("orch.execution_time_ms", result.execution_time_ms),
+        ] {
+            task.set_attribute(kv);
+        }
+        if !success {
+            task.set_error("all_slots_failed", "every reasoner slot failed");
+        }
+    });
     let m = metrics();
     let outcome = if result.cached {
         "cached"
@@ -92,6 +103,7 @@ pub fn phase_finished(span: RecordedSpan, phase: &'static str) {
         kind: SpanKind::Internal,
         attributes: vec![KeyValue::new("orch.phase", phase)],
         status: Status::Unset,
+        events: Vec::new(),
     });
 }
 
@@ -157,6 +169,7 @@ pub fn attempt_finished(
             },
             attributes,
             status,
+            events: Vec::new(),
         });
     }
     let m = metrics();
