@@ -294,7 +294,8 @@ pub struct TaskTrace {
     span: Option<RecordedSpan>,
     name: &'static str,
     kind: SpanKind,
-    added: RefCell<Added>,
+    /// `None` unless recording: a task that is not exported holds nothing.
+    added: RefCell<Option<Box<Added>>>,
 }
 
 /// What is added to a [`TaskTrace`] while it runs.
@@ -347,26 +348,27 @@ impl TaskTrace {
             parent_is_remote: psc.is_valid() && psc.is_remote(),
             start: SystemTime::now(),
         };
-        // Kept only for export: a task that is not recorded holds nothing.
-        let attributes = if span.recording() {
-            attributes
-        } else {
-            Vec::new()
-        };
+        let added = span.recording().then(|| {
+            Box::new(Added {
+                attributes,
+                ..Added::default()
+            })
+        });
         TaskTrace {
             span: Some(span),
             name,
             kind,
-            added: RefCell::new(Added {
-                attributes,
-                ..Added::default()
-            }),
+            added: RefCell::new(added),
         }
     }
 
-    /// Runs `fut` with this as its trace; the span ends when `fut` is done.
-    pub async fn run<F: std::future::Future>(self, fut: F) -> F::Output {
-        TASK.scope(self, fut).await
+    /// `fut`, run with this as its trace; the span ends when it is done (or
+    /// dropped). Not an `async fn`: that would store both twice.
+    pub fn run<F: std::future::Future>(
+        self,
+        fut: F,
+    ) -> tokio::task::futures::TaskLocalFuture<TaskTrace, F> {
+        TASK.scope(self, fut)
     }
 
     /// Calls `f` with the trace of the running task, if there is one.
@@ -389,48 +391,47 @@ impl TaskTrace {
         self.span.as_ref().is_some_and(RecordedSpan::recording)
     }
 
-    /// Adds an attribute (kept only when [`recording`](Self::recording)).
-    pub fn set_attribute(&self, attribute: KeyValue) {
-        if self.recording()
-            && let Ok(mut added) = self.added.try_borrow_mut()
+    /// Changes what will be exported, when it is [`recording`](Self::recording).
+    fn add(&self, f: impl FnOnce(&mut Added)) {
+        if let Ok(mut added) = self.added.try_borrow_mut()
+            && let Some(added) = added.as_mut()
         {
-            added.attributes.push(attribute);
+            f(added);
         }
+    }
+
+    /// Adds an attribute.
+    pub fn set_attribute(&self, attribute: KeyValue) {
+        self.add(|a| a.attributes.push(attribute));
     }
 
     /// Marks it failed: an error status with `description`, and `error.type`.
     pub fn set_error(&self, error_type: &str, description: &str) {
-        if self.recording()
-            && let Ok(mut added) = self.added.try_borrow_mut()
-        {
-            added.status = Status::error(description.to_string());
-            added
-                .attributes
+        self.add(|a| {
+            a.status = Status::error(description.to_string());
+            a.attributes
                 .push(KeyValue::new("error.type", error_type.to_string()));
-        }
+        });
     }
 
     /// Adds a span event.
     pub fn add_event(&self, name: String, attributes: Vec<KeyValue>) {
-        if self.recording()
-            && let Ok(mut added) = self.added.try_borrow_mut()
-        {
-            added.events.push(opentelemetry::trace::Event::new(
+        self.add(|a| {
+            a.events.push(opentelemetry::trace::Event::new(
                 name,
                 SystemTime::now(),
                 attributes,
                 0,
             ));
-        }
+        });
     }
 }
 
 impl Drop for TaskTrace {
     fn drop(&mut self) {
         if let Some(span) = self.span.take()
-            && span.recording()
+            && let Some(added) = self.added.get_mut().take()
         {
-            let added = std::mem::take(self.added.get_mut());
             span.end(SpanEnd {
                 name: self.name.into(),
                 kind: self.kind.clone(),

@@ -917,6 +917,7 @@ async fn admit(coord: &Arc<Coordinator>, tasks: &TaskTracker, request: service::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orch_shared::trace::TaskTrace;
 
     fn future_size<A, F>(_: impl FnOnce(A) -> F) -> usize {
         std::mem::size_of::<F>()
@@ -938,9 +939,19 @@ mod tests {
         type Side = std::pin::Pin<Box<std::future::Ready<Option<u64>>>>;
         let beside = future_size(|(a, b): (Main, Side)| run_beside(a, b));
         let marked = future_size(|(c, s): (C, Box<TaskSpec>)| c.run_marked(s));
+        // What admit spawns: the handler inside its task trace.
+        let traced = future_size(
+            |(c, r, p, t): (C, Box<service::Request>, OwnedSemaphorePermit, TaskTrace)| {
+                t.run(c.handle_submit(r, p))
+            },
+        );
         eprintln!(
-            "submit handler {handler} B, run {run} B, run_beside {beside} B, \
-             run_marked {marked} B, durable {durable} B"
+            "submit handler {handler} B, traced {traced} B, run {run} B, \
+             run_beside {beside} B, run_marked {marked} B, durable {durable} B"
+        );
+        assert!(
+            traced <= 448,
+            "traced submit handler future is {traced} bytes"
         );
         assert!(handler <= 512, "submit handler future is {handler} bytes");
         assert!(run <= 768, "Coordinator::run future is {run} bytes");
