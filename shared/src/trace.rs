@@ -6,6 +6,13 @@
 //! Injecting and extracting goes through the global propagator that
 //! [`crate::telemetry::init`] installs; before that (or with
 //! `OTEL_SDK_DISABLED=true`) they do nothing.
+//!
+//! Spans come in two kinds. Short-lived work (a worker's job, a provider
+//! call) uses `tracing` spans, exported by `tracing-opentelemetry`. What a busy
+//! process holds by the thousand while it waits (the coordinator's tasks,
+//! phases and dispatch attempts) is recorded after the fact: a
+//! [`TaskTrace`] and [`RecordedSpan`]s keep ids and start times while open and
+//! go to the same exporter whole when they end.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -125,14 +132,7 @@ pub fn follow(span: &Span, headers: Option<&HeaderMap>) {
     }
 }
 
-/// The trace id of `span` (32 hex digits), if it has a valid one.
-pub fn trace_id_of(span: &Span) -> Option<String> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
-}
-
-/// The trace id of the current span.
+/// The trace id of the current trace context (see [`current_context`]).
 pub fn current_trace_id() -> Option<String> {
     let cx = current_context();
     let sc = cx.span().span_context().clone();
