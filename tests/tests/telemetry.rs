@@ -639,3 +639,97 @@ fn plan_request() -> SubmitRequest {
         ..SubmitRequest::new("plan something")
     }
 }
+
+/// A durable task published with the producer's `traceparent` (as any client
+/// of JetStream would) continues that trace: the coordinator's task span is a
+/// CONSUMER child of the producer's span, the phase and attempt spans hang
+/// under it, the worker's job under the attempt, and the stored result and
+/// the final event carry the producer's trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_task_continues_the_producers_trace() {
+    orch_tests::init_logs();
+    let otlp = OtlpReceiver::start().await;
+    let nats = NatsServer::start();
+    let endpoint = otlp.endpoint();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRICS_EXPORTER", "none"),
+    ];
+    let (procs, orch) = coordinator_and_reasoner(&nats, &env, &env).await;
+    let id: orch_shared::TaskId = "traced-durable-1".parse().unwrap();
+    let mut finals = orch
+        .nats()
+        .subscribe(format!("orch.v1.events.{id}.action_complete"))
+        .await
+        .unwrap();
+    let request = SubmitRequest {
+        task_id: Some(id.to_string()),
+        ..plan_request()
+    };
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", id.as_str());
+    h.insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{CLIENT_SPAN}-01").as_str(),
+    );
+    orch.jetstream()
+        .publish_with_headers(
+            format!("orch.v1.tasks.{id}"),
+            h,
+            serde_json::to_vec(&request).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let result = within(T, "the durable result", orch.wait_result(&id, T))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", describe_all(&procs)));
+    assert!(result.succeeded(), "{result:?}");
+    assert_eq!(result.trace_id.as_deref(), Some(TRACE_ID));
+    let event = within(T, "the final event", finals.next())
+        .await
+        .expect("final event");
+    let traceparent = event
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default();
+    assert!(traceparent.contains(TRACE_ID), "{traceparent:?}");
+
+    let spans = eventually(T, "the task's spans from both processes", || async {
+        let spans: Vec<SpanRecord> = otlp
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == TRACE_ID)
+            .collect();
+        (spans.iter().any(|s| s.name == "orch.task")
+            && spans.iter().any(|s| s.service == "orch-reasoner"))
+        .then_some(spans)
+    })
+    .await;
+    let ids = by_id(&spans);
+    let task = spans.iter().find(|s| s.name == "orch.task").unwrap();
+    assert_eq!(task.parent_span_id, CLIENT_SPAN);
+    assert_eq!(task.kind, 5, "a durable task span is CONSUMER: {task:?}");
+    assert_eq!(task.attr("orch.task_id"), Some(id.as_str()));
+    assert_eq!(
+        task.attr("messaging.destination.name"),
+        Some(format!("orch.v1.tasks.{id}").as_str())
+    );
+    let attempt = spans
+        .iter()
+        .find(|s| s.name.starts_with("send orch.v1.work.reasoner."))
+        .unwrap_or_else(|| panic!("no attempt span: {spans:#?}"));
+    let phase = ids[attempt.parent_span_id.as_str()];
+    assert_eq!(phase.name, "phase reasoning");
+    assert_eq!(phase.parent_span_id, task.span_id);
+    let job = spans
+        .iter()
+        .find(|s| s.service == "orch-reasoner" && s.name.starts_with("process "))
+        .unwrap_or_else(|| panic!("no job span: {spans:#?}"));
+    assert_eq!(job.parent_span_id, attempt.span_id);
+    assert!(otlp.errors().is_empty(), "{:?}", otlp.errors());
+}
