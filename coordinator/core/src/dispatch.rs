@@ -248,6 +248,26 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// The headers of a work request: encoding, budget, request and task ids,
+/// and the attempt's trace context (the worker's span becomes its child).
+fn request_headers(
+    budget: Duration,
+    request_id: &str,
+    task_id: &TaskId,
+    span: &orch_shared::trace::RecordedSpan,
+) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::CONTENT_TYPE, Encoding::MsgPack.mime());
+    h.insert(
+        headers::ORCH_BUDGET_MS,
+        budget.as_millis().to_string().as_str(),
+    );
+    h.insert(headers::ORCH_REQUEST_ID, request_id);
+    h.insert(headers::ORCH_TASK_ID, task_id.as_str());
+    span.inject(&mut h);
+    h
+}
+
 impl Dispatcher {
     /// Subscribes the reply inbox and starts the router on `tracker`. The
     /// router stops when `stop` is cancelled.
@@ -355,21 +375,13 @@ impl Dispatcher {
         let request_id = format!("{}-{id}", inner.instance);
         let budget = limits.budget;
         let deadline = Instant::now() + budget;
-        let mut h = HeaderMap::new();
-        h.insert(headers::CONTENT_TYPE, Encoding::MsgPack.mime());
-        h.insert(
-            headers::ORCH_BUDGET_MS,
-            budget.as_millis().to_string().as_str(),
-        );
-        h.insert(headers::ORCH_REQUEST_ID, request_id.as_str());
-        h.insert(headers::ORCH_TASK_ID, task_id.as_str());
-        // The worker's span becomes a child of this attempt's span.
-        span.inject(&mut h);
+        let h = request_headers(budget, &request_id, task_id, span);
         // The role travels in the reply subject so NATS permissions can let a
         // worker answer its own role's attempts only (deploy/nats/permissions.conf).
         let reply = subjects::attempt_reply(&inner.prefix, role, id);
         // Boxed: the send path is large and only lives until the request is out,
-        // while the attempt itself may wait a long time for its reply.
+        // while the attempt itself may wait a long time for its reply. (The
+        // headers and reply subject move into it: no local keeps them.)
         Box::pin(self.send(role, slot, reply, h, payload, &limits, deadline, budget)).await?;
 
         // Queued work may wait at the broker for a free worker: silence only

@@ -33,6 +33,11 @@ use crate::dispatch::{
 use crate::events::EventSink;
 use crate::synthesis;
 
+/// Builds a role's work request when an attempt needs it (its slot is set
+/// per attempt). A waiting task keeps this borrow instead of the request:
+/// the task and its spec already hold everything the request is made of.
+type MakeRequest<'a> = dyn Fn() -> WorkRequest + Sync + 'a;
+
 /// A validated task with every default applied.
 #[derive(Debug, Clone)]
 pub struct TaskSpec {
@@ -195,21 +200,17 @@ impl Pipeline {
         // ---- Phase 2: reasoning ----
         if spec.roles.contains(Role::Reasoner) {
             let phase = (Phase::Reasoning, Role::Reasoner, spec.timeouts.reasoning);
-            let req = self.later_request(spec, Role::Reasoner, &runs);
-            Box::pin(self.one_role_phase(spec, started, phase, req, &mut runs)).await;
+            Box::pin(self.one_role_phase(spec, started, phase, &mut runs)).await;
         }
 
         // ---- Phase 3: verification (of a plan) ----
-        if spec.roles.contains(Role::Verifier) {
-            let req = self.later_request(spec, Role::Verifier, &runs);
-            if req.answer.is_some() {
-                let phase = (
-                    Phase::Verification,
-                    Role::Verifier,
-                    spec.timeouts.verification,
-                );
-                Box::pin(self.one_role_phase(spec, started, phase, req, &mut runs)).await;
-            }
+        if spec.roles.contains(Role::Verifier) && parsed::<Plan>(&runs, Role::Reasoner).is_some() {
+            let phase = (
+                Phase::Verification,
+                Role::Verifier,
+                spec.timeouts.verification,
+            );
+            Box::pin(self.one_role_phase(spec, started, phase, &mut runs)).await;
         }
 
         // ---- Phase 4: synthesis ----
@@ -244,8 +245,8 @@ impl Pipeline {
         spec: &TaskSpec,
         role: Role,
         runs: &BTreeMap<Role, RoleRun>,
-    ) -> Box<WorkRequest> {
-        let mut req = Box::new(self.work_request(spec, role));
+    ) -> WorkRequest {
+        let mut req = self.work_request(spec, role);
         req.vision = parsed(runs, Role::Vision);
         req.web = parsed(runs, Role::Web);
         if role == Role::Verifier {
@@ -261,14 +262,18 @@ impl Pipeline {
         spec: &TaskSpec,
         started: Instant,
         (phase, role, timeout): (Phase, Role, Duration),
-        req: Box<WorkRequest>,
         runs: &mut BTreeMap<Role, RoleRun>,
     ) {
         let phase_start = Box::pin(self.phase_started(spec, phase, &[role])).await;
         let deadline = Instant::now() + timeout;
         let span = RecordedSpan::child_of_current();
-        let run =
-            Box::pin(self.run_chain(spec, started, role, req, deadline, span.span_context())).await;
+        let run = {
+            let earlier: &BTreeMap<Role, RoleRun> = runs;
+            let request = || self.later_request(spec, role, earlier);
+            let chain =
+                self.run_chain(spec, started, role, &request, deadline, span.span_context());
+            Box::pin(chain).await
+        };
         crate::telemetry::phase_finished(span, phase.as_str());
         runs.insert(role, run);
         Box::pin(self.phase_completed(spec, phase, phase_start, runs, &[role])).await;
@@ -294,11 +299,14 @@ impl Pipeline {
             if !spec.roles.contains(role) {
                 return None;
             }
-            let mut req = Box::new(self.work_request(spec, role));
-            if role == Role::Web {
-                req.query = Some(spec.web_query.clone());
-            }
-            Some(Box::pin(self.run_chain(spec, started, role, req, deadline, parent)).await)
+            let request = move || {
+                let mut req = self.work_request(spec, role);
+                if role == Role::Web {
+                    req.query = Some(spec.web_query.clone());
+                }
+                req
+            };
+            Some(Box::pin(self.run_chain(spec, started, role, &request, deadline, parent)).await)
         };
         let (v, w) = tokio::join!(chain(Role::Vision), chain(Role::Web));
         crate::telemetry::phase_finished(span, Phase::Parallel.as_str());
@@ -386,7 +394,7 @@ impl Pipeline {
         spec: &TaskSpec,
         task_started: Instant,
         role: Role,
-        req: Box<WorkRequest>,
+        request: &MakeRequest<'_>,
         deadline: Instant,
         phase: &SpanContext,
     ) -> RoleRun {
@@ -442,7 +450,7 @@ impl Pipeline {
                                 phase,
                                 role,
                                 (slot, &next),
-                                &req,
+                                request,
                                 budget,
                                 after,
                                 deadline,
@@ -454,7 +462,7 @@ impl Pipeline {
                         }
                         None => (
                             self.attempt(
-                                spec, phase, role, slot, &req, budget, false, &mut run, offset,
+                                spec, phase, role, slot, request, budget, false, &mut run, offset,
                             )
                             .await,
                             None,
@@ -541,7 +549,7 @@ impl Pipeline {
         phase: &SpanContext,
         role: Role,
         slots: (&Slot, &Slot),
-        req: &WorkRequest,
+        request: &MakeRequest<'_>,
         budget: Duration,
         after: Duration,
         deadline: Instant,
@@ -559,7 +567,7 @@ impl Pipeline {
                 phase,
                 role,
                 primary_slot,
-                req,
+                request,
                 budget,
                 false,
                 stop_primary.clone(),
@@ -587,7 +595,7 @@ impl Pipeline {
                         phase,
                         role,
                         hedge_slot,
-                        req,
+                        request,
                         hedge_budget,
                         true,
                         stop_hedge.clone(),
@@ -630,7 +638,7 @@ impl Pipeline {
         phase: &SpanContext,
         role: Role,
         slot: &Slot,
-        req: &WorkRequest,
+        request: &MakeRequest<'_>,
         budget: Duration,
         is_hedge: bool,
         run: &mut ChainLog,
@@ -638,7 +646,7 @@ impl Pipeline {
     ) -> Result<(Slot, WorkReply), AttemptError> {
         let handle = CallOffHandle::new();
         self.attempt_with(
-            spec, phase, role, slot, req, budget, is_hedge, handle, run, offset,
+            spec, phase, role, slot, request, budget, is_hedge, handle, run, offset,
         )
         .await
     }
@@ -651,7 +659,7 @@ impl Pipeline {
         phase: &SpanContext,
         role: Role,
         slot: &Slot,
-        req: &WorkRequest,
+        request: &MakeRequest<'_>,
         budget: Duration,
         is_hedge: bool,
         call_off: CallOffHandle,
@@ -660,7 +668,7 @@ impl Pipeline {
     ) -> Result<(Slot, WorkReply), AttemptError> {
         // Encode first (the request then lives only as bytes while we wait).
         let payload = {
-            let mut req = req.clone();
+            let mut req = request();
             req.slot = slot.clone();
             encode_request(&req)
         };
@@ -675,14 +683,6 @@ impl Pipeline {
         .await;
         let attempt_start = Instant::now();
         let queued = self.config.pull_dispatch.contains(role);
-        let what = crate::telemetry::Attempt {
-            role,
-            slot,
-            queued,
-            number: run.attempts.len() + 1,
-            budget,
-            hedge: is_hedge,
-        };
         let span = RecordedSpan::child_of(phase);
         let outcome = match payload {
             Ok(payload) => {
@@ -702,6 +702,14 @@ impl Pipeline {
         };
         let outcome = outcome.and_then(|reply| validate(role, reply));
         let latency = attempt_start.elapsed();
+        let what = crate::telemetry::Attempt {
+            role,
+            slot,
+            queued,
+            number: run.attempts.len() + 1,
+            budget,
+            hedge: is_hedge,
+        };
         match &outcome {
             Ok(_) => crate::telemetry::attempt_finished(span, &what, latency, None),
             Err(err) => crate::telemetry::attempt_finished(
@@ -1027,11 +1035,11 @@ mod tests {
         static NO_SPAN: std::sync::LazyLock<SpanContext> =
             std::sync::LazyLock::new(SpanContext::empty_context);
         let run = future_size(|(p, s): (P, S)| p.run(s));
-        let phase = future_size(|(p, s, r, m): (P, S, Box<WorkRequest>, Runs)| {
+        let phase = future_size(|(p, s, m): (P, S, Runs)| {
             let phase = (Phase::Reasoning, Role::Reasoner, Duration::ZERO);
-            p.one_role_phase(s, Instant::now(), phase, r, m)
+            p.one_role_phase(s, Instant::now(), phase, m)
         });
-        let chain = future_size(|(p, s, r): (P, S, Box<WorkRequest>)| {
+        let chain = future_size(|(p, s, r): (P, S, &'static MakeRequest<'static>)| {
             p.run_chain(
                 s,
                 Instant::now(),
