@@ -248,7 +248,14 @@ pub fn init(service: &str, args: &LogArgs) -> Telemetry {
 
     let fmt = match args.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .event_format(TextLines(tracing_subscriber::fmt::format()))
             .with_writer(std::io::stderr)
+            // Colours only on a terminal: log files, journald and container
+            // logs get plain text.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
@@ -530,6 +537,41 @@ fn unsupported(protocol: &str) -> String {
     }
 }
 
+/// Text log lines (tracing-subscriber's format), with the `trace_id` of the
+/// running [`crate::trace::TaskTrace`] appended to lines logged within one: a
+/// task trace is not a `tracing` span, so the line has no span prefix to
+/// tell which task it belongs to. (Such lines are formatted through a buffer,
+/// without colours.)
+struct TextLines<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for TextLines<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let trace_id = crate::trace::TaskTrace::with_current(|task| {
+            let cx = task.context();
+            let sc = cx.span().span_context().clone();
+            sc.is_valid().then(|| sc.trace_id().to_string())
+        })
+        .flatten();
+        let Some(trace_id) = trace_id else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        writeln!(writer, "{line} trace_id={trace_id}")
+    }
+}
+
 /// JSON log lines: timestamp, level, target, the event's fields, the current
 /// span (name and fields) and the OpenTelemetry `trace_id` / `span_id` of the
 /// innermost span that has them.
@@ -676,6 +718,67 @@ impl tracing::field::Visit for JsonVisitor {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A log destination the test can read.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_lines_within_a_task_trace_end_with_its_trace_id() {
+        crate::trace::install_sampler(Box::new(opentelemetry_sdk::trace::Sampler::ParentBased(
+            Box::new(opentelemetry_sdk::trace::Sampler::AlwaysOn),
+        )));
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .event_format(TextLines(tracing_subscriber::fmt::format()))
+            .with_writer(move || out.clone())
+            .finish();
+        let task = crate::trace::TaskTrace::start(
+            "orch.task",
+            opentelemetry::trace::SpanKind::Server,
+            &opentelemetry::Context::new(),
+            vec![],
+        );
+        let trace_id = tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime");
+            let id = rt.block_on(task.run(async {
+                tracing::info!(slot = "kimi_k2", "inside");
+                crate::trace::current_trace_id()
+            }));
+            tracing::info!("outside");
+            id.expect("a trace id")
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("inside slot=\"kimi_k2\""), "{text}");
+        assert!(
+            lines[0].ends_with(&format!(" trace_id={trace_id}")),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("outside") && !lines[1].contains("trace_id"),
+            "{text}"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> OtelEnv {
         let m: HashMap<String, String> = pairs
