@@ -180,6 +180,8 @@ pub struct SpanEnd {
     pub status: Status,
     /// Its events.
     pub events: Vec<opentelemetry::trace::Event>,
+    /// How many more events it had than it kept.
+    pub dropped_events: u32,
 }
 
 impl RecordedSpan {
@@ -252,6 +254,7 @@ impl RecordedSpan {
             events: {
                 let mut events = SpanEvents::default();
                 events.events = end.events;
+                events.dropped_count = end.dropped_events;
                 events
             },
             links: SpanLinks::default(),
@@ -303,8 +306,16 @@ pub struct TaskTrace {
 struct Added {
     attributes: Vec<KeyValue>,
     events: Vec<opentelemetry::trace::Event>,
+    /// Events past [`MAX_EVENTS`] (counted, not kept).
+    dropped_events: u32,
     status: Status,
 }
+
+/// Most events a task trace keeps: the SDK's default span limit. A task that
+/// logs on every retry for minutes must not grow without bound.
+const MAX_EVENTS: usize = 128;
+/// Most attributes it keeps (the SDK's default too).
+const MAX_ATTRIBUTES: usize = 128;
 
 impl TaskTrace {
     /// A task trace that starts now: a child of `parent` (the context a
@@ -402,27 +413,37 @@ impl TaskTrace {
 
     /// Adds an attribute.
     pub fn set_attribute(&self, attribute: KeyValue) {
-        self.add(|a| a.attributes.push(attribute));
+        self.add(|a| {
+            if a.attributes.len() < MAX_ATTRIBUTES {
+                a.attributes.push(attribute);
+            }
+        });
     }
 
     /// Marks it failed: an error status with `description`, and `error.type`.
     pub fn set_error(&self, error_type: &str, description: &str) {
         self.add(|a| {
             a.status = Status::error(description.to_string());
-            a.attributes
-                .push(KeyValue::new("error.type", error_type.to_string()));
+            if a.attributes.len() < MAX_ATTRIBUTES {
+                a.attributes
+                    .push(KeyValue::new("error.type", error_type.to_string()));
+            }
         });
     }
 
     /// Adds a span event.
     pub fn add_event(&self, name: String, attributes: Vec<KeyValue>) {
         self.add(|a| {
-            a.events.push(opentelemetry::trace::Event::new(
-                name,
-                SystemTime::now(),
-                attributes,
-                0,
-            ));
+            if a.events.len() < MAX_EVENTS {
+                a.events.push(opentelemetry::trace::Event::new(
+                    name,
+                    SystemTime::now(),
+                    attributes,
+                    0,
+                ));
+            } else {
+                a.dropped_events = a.dropped_events.saturating_add(1);
+            }
         });
     }
 }
@@ -438,6 +459,7 @@ impl Drop for TaskTrace {
                 attributes: added.attributes,
                 status: added.status,
                 events: added.events,
+                dropped_events: added.dropped_events,
             });
         }
     }
@@ -497,6 +519,26 @@ mod tests {
         let parts: Vec<&str> = v.split('-').collect();
         assert_eq!(parts.len(), 4, "{v}");
         (parts[1].into(), parts[2].into(), parts[3].into())
+    }
+
+    #[test]
+    fn a_task_trace_keeps_at_most_the_span_limits() {
+        let task = TaskTrace {
+            span: None,
+            name: "orch.task",
+            kind: SpanKind::Server,
+            added: RefCell::new(Some(Box::default())),
+        };
+        for i in 0..200 {
+            task.add_event(format!("retry {i}"), vec![]);
+            task.set_attribute(KeyValue::new(format!("a{i}"), i64::from(i)));
+        }
+        let added = task.added.borrow();
+        let added = added.as_ref().expect("recording");
+        assert_eq!(added.events.len(), MAX_EVENTS);
+        assert_eq!(added.dropped_events, 200 - MAX_EVENTS as u32);
+        assert_eq!(added.events[0].name, "retry 0");
+        assert_eq!(added.attributes.len(), MAX_ATTRIBUTES);
     }
 
     #[tokio::test]

@@ -104,6 +104,7 @@ pub fn phase_finished(span: RecordedSpan, phase: &'static str) {
         attributes: vec![KeyValue::new("orch.phase", phase)],
         status: Status::Unset,
         events: Vec::new(),
+        dropped_events: 0,
     });
 }
 
@@ -170,6 +171,7 @@ pub fn attempt_finished(
             attributes,
             status,
             events: Vec::new(),
+            dropped_events: 0,
         });
     }
     let m = metrics();
