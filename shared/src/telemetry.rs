@@ -556,13 +556,7 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let trace_id = crate::trace::TaskTrace::with_current(|task| {
-            let cx = task.context();
-            let sc = cx.span().span_context().clone();
-            sc.is_valid().then(|| sc.trace_id().to_string())
-        })
-        .flatten();
-        let Some(trace_id) = trace_id else {
+        let Some((trace_id, _)) = crate::trace::TaskTrace::current_ids() else {
             return self.0.format_event(ctx, writer, event);
         };
         let mut line = String::new();
@@ -628,12 +622,7 @@ where
                 line.insert("trace_id".into(), t.into());
                 line.insert("span_id".into(), s.into());
             }
-        } else if let Some(Some((t, s))) = crate::trace::TaskTrace::with_current(|task| {
-            let cx = task.context();
-            let sc = cx.span().span_context().clone();
-            sc.is_valid()
-                .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
-        }) {
+        } else if let Some((t, s)) = crate::trace::TaskTrace::current_ids() {
             line.insert("trace_id".into(), t.into());
             line.insert("span_id".into(), s.into());
         }

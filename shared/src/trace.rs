@@ -387,6 +387,22 @@ impl TaskTrace {
         TASK.try_with(f).ok()
     }
 
+    /// The running task trace's trace id and span id (hex), if there is one
+    /// with valid ids.
+    pub fn current_ids() -> Option<(String, String)> {
+        TASK.try_with(|task| {
+            let span = task.span.as_ref()?;
+            span.cx.is_valid().then(|| {
+                (
+                    span.cx.trace_id().to_string(),
+                    span.cx.span_id().to_string(),
+                )
+            })
+        })
+        .ok()
+        .flatten()
+    }
+
     /// Its trace context (ids, sampled flag, trace state).
     pub fn context(&self) -> Context {
         match &self.span {
