@@ -94,6 +94,17 @@ pub fn current_context() -> Context {
         .unwrap_or_else(|_| Span::current().context())
 }
 
+/// The ids of the current trace context (see [`current_context`]), read
+/// without building a context when a task trace is running.
+fn current_span_context() -> SpanContext {
+    TASK.try_with(|task| {
+        task.span
+            .as_ref()
+            .map_or_else(SpanContext::empty_context, |s| s.cx.clone())
+    })
+    .unwrap_or_else(|_| Span::current().context().span().span_context().clone())
+}
+
 /// Injects an OpenTelemetry context into NATS headers.
 pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
     if !cx.span().span_context().is_valid() {
@@ -134,8 +145,7 @@ pub fn follow(span: &Span, headers: Option<&HeaderMap>) {
 
 /// The trace id of the current trace context (see [`current_context`]).
 pub fn current_trace_id() -> Option<String> {
-    let cx = current_context();
-    let sc = cx.span().span_context().clone();
+    let sc = current_span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
@@ -209,8 +219,7 @@ impl RecordedSpan {
     /// A span that starts now, a child of the current trace context (see
     /// [`current_context`]).
     pub fn child_of_current() -> RecordedSpan {
-        let cx = current_context();
-        RecordedSpan::child_of(cx.span().span_context())
+        RecordedSpan::child_of(&current_span_context())
     }
 
     /// Its ids: the parent of whatever it does (and of remote spans, through
@@ -230,17 +239,19 @@ impl RecordedSpan {
     }
 
     /// Whether ending it exports anything (it is sampled and spans are
-    /// exported): when not, there is no need to build its [`SpanEnd`].
+    /// exported).
     pub fn recording(&self) -> bool {
         self.cx.is_sampled() && crate::telemetry::exporting_spans()
     }
 
     /// Ends the span now and hands it to the exporter, if it is
-    /// [`recording`](Self::recording).
-    pub fn end(self, end: SpanEnd) {
+    /// [`recording`](Self::recording); only then is `end` called to describe
+    /// it (so a span nobody exports costs no name or attributes).
+    pub fn end(self, end: impl FnOnce() -> SpanEnd) {
         if !self.recording() {
             return;
         }
+        let end = end();
         crate::telemetry::export_span(SpanData {
             span_context: self.cx,
             parent_span_id: self.parent,
@@ -469,9 +480,10 @@ impl Drop for TaskTrace {
         if let Some(span) = self.span.take()
             && let Some(added) = self.added.get_mut().take()
         {
-            span.end(SpanEnd {
-                name: self.name.into(),
-                kind: self.kind.clone(),
+            let (name, kind) = (self.name, self.kind.clone());
+            span.end(|| SpanEnd {
+                name: name.into(),
+                kind,
                 attributes: added.attributes,
                 status: added.status,
                 events: added.events,

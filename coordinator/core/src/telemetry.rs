@@ -98,7 +98,7 @@ pub fn task_finished(result: &OrchestratedResult) {
 /// Ends the span of one phase (a child of the task span, recorded after the
 /// fact: see [`RecordedSpan`]).
 pub fn phase_finished(span: RecordedSpan, phase: &'static str) {
-    span.end(SpanEnd {
+    span.end(|| SpanEnd {
         name: format!("phase {phase}").into(),
         kind: SpanKind::Internal,
         attributes: vec![KeyValue::new("orch.phase", phase)],
@@ -137,7 +137,7 @@ pub fn attempt_finished(
 ) {
     let Attempt { role, slot, .. } = *a;
     let outcome = error.map_or("ok", |(code, _)| code);
-    if span.recording() {
+    span.end(|| {
         let subject = if a.queued {
             orch_shared::subjects::queue(role, slot)
         } else {
@@ -161,7 +161,7 @@ pub fn attempt_finished(
             }
             None => Status::Unset,
         };
-        span.end(SpanEnd {
+        SpanEnd {
             name: format!("send {subject}").into(),
             kind: if a.queued {
                 SpanKind::Producer
@@ -172,8 +172,8 @@ pub fn attempt_finished(
             status,
             events: Vec::new(),
             dropped_events: 0,
-        });
-    }
+        }
+    });
     let m = metrics();
     let attrs = [
         KeyValue::new("orch.role", role.as_str()),
