@@ -323,19 +323,20 @@ impl SlotPermit {
         freed: &Arc<tokio::sync::Notify>,
     ) -> Option<SlotPermit> {
         let permit = permits.clone().try_acquire_owned().ok()?;
-        Some(SlotPermit {
-            permit: Some(permit),
-            freed: freed.clone(),
-        })
+        Some(SlotPermit::holding(permit, freed))
     }
 
     /// Waits for a free slot; `None` once the semaphore is closed.
     async fn acquire(shared: &Shared) -> Option<SlotPermit> {
         let permit = shared.permits.clone().acquire_owned().await.ok()?;
-        Some(SlotPermit {
+        Some(SlotPermit::holding(permit, &shared.permit_freed))
+    }
+
+    fn holding(permit: OwnedSemaphorePermit, freed: &Arc<tokio::sync::Notify>) -> SlotPermit {
+        SlotPermit {
             permit: Some(permit),
-            freed: shared.permit_freed.clone(),
-        })
+            freed: freed.clone(),
+        }
     }
 }
 
