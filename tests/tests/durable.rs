@@ -680,3 +680,75 @@ async fn a_server_without_jetstream_is_a_clear_startup_error() {
     c.signal(Signal::SIGTERM);
     assert!(c.exited(T).await.unwrap().success());
 }
+
+/// A final event the stream did not acknowledge is published again as the
+/// same message — its time, trace context and id — so the stream drops the
+/// copy and a watcher sees one event, not a second one with another time.
+#[tokio::test]
+async fn a_final_event_is_published_again_unchanged() {
+    use orch_coordinator::events::EventSink;
+    let nats = NatsServer::start();
+    let client = nats.connect().await;
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: "EVENTS_T".into(),
+        subjects: vec!["orch.v1.events.>".into()],
+        duplicate_window: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let mut watcher = client
+        .subscribe("orch.v1.events.>")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let sink = EventSink::new(client.clone()).with_jetstream(js.clone());
+    let id = TaskId::generate();
+    let event = sink
+        .encode_final(
+            &id,
+            EventKind::ActionComplete,
+            serde_json::json!({"ok": true}),
+        )
+        .expect("encoded");
+    let first = sink.publish_final(&event).await.expect("ack future");
+    assert!(!first.await.expect("acknowledged").duplicate);
+    // Later, as the retry does (a fresh timestamp would differ by then).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = sink.publish_final(&event).await.expect("ack future");
+    assert!(
+        again.await.expect("acknowledged").duplicate,
+        "dropped as a copy"
+    );
+    let a = within(T, "first copy", watcher.next())
+        .await
+        .expect("message");
+    let b = within(T, "second copy", watcher.next())
+        .await
+        .expect("message");
+    assert_eq!(a.subject, b.subject);
+    assert_eq!(a.payload, b.payload, "same body, time included");
+    let (ha, hb) = (a.headers.expect("headers"), b.headers.expect("headers"));
+    assert_eq!(
+        ha.get("Nats-Msg-Id").map(|v| v.to_string()),
+        Some(format!("{}.final", id.as_str()))
+    );
+    for name in ["Nats-Msg-Id", "Content-Type", "traceparent"] {
+        assert_eq!(
+            ha.get(name).map(|v| v.to_string()),
+            hb.get(name).map(|v| v.to_string()),
+            "{name}"
+        );
+    }
+    let stored = js
+        .get_stream("EVENTS_T")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert_eq!(stored, 1);
+}

@@ -43,31 +43,56 @@ impl EventSink {
         self
     }
 
-    /// Publishes a task's final event, deduplicated per task. With JetStream
-    /// the returned future resolves to the stream's acknowledgement.
-    pub async fn emit_final(
+    /// A task's final event, encoded once in the current trace (deduplicated
+    /// per task by its `Nats-Msg-Id`). `None` when events are off or it
+    /// cannot be encoded (logged).
+    pub fn encode_final(
         &self,
         task_id: &TaskId,
         kind: EventKind,
         details: Value,
+    ) -> Option<FinalEvent> {
+        self.client.as_ref()?;
+        let (headers, payload) = message(task_id, kind, details, Some(&final_event_id(task_id)))?;
+        Some(FinalEvent {
+            subject: subjects::event(task_id, kind),
+            headers,
+            payload,
+        })
+    }
+
+    /// Publishes `event`. With JetStream the returned future resolves to the
+    /// stream's acknowledgement; publishing the same event again (unchanged:
+    /// same time, trace context and id) is how a lost one is retried.
+    pub async fn publish_final(
+        &self,
+        event: &FinalEvent,
     ) -> Option<async_nats::jetstream::context::PublishAckFuture> {
-        let msg_id = final_event_id(task_id);
-        let Some(js) = &self.js else {
-            self.emit_with_id(task_id, kind, details, Some(&msg_id))
-                .await;
-            return None;
+        let outcome = match (&self.js, &self.client) {
+            (Some(js), _) => js
+                .publish_with_headers(
+                    event.subject.clone(),
+                    event.headers.clone(),
+                    event.payload.clone(),
+                )
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            (None, Some(client)) => client
+                .publish_with_headers(
+                    event.subject.clone(),
+                    event.headers.clone(),
+                    event.payload.clone(),
+                )
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
+            (None, None) => Ok(None),
         };
-        let (headers, payload) = message(task_id, kind, details, Some(&msg_id))?;
-        match js
-            .publish_with_headers(subjects::event(task_id, kind), headers, payload)
-            .await
-        {
-            Ok(ack) => Some(ack),
-            Err(e) => {
-                tracing::warn!(%task_id, kind = kind.as_str(), error = %e, "final event publish failed");
-                None
-            }
-        }
+        outcome.unwrap_or_else(|error| {
+            tracing::warn!(subject = %event.subject, %error, "final event publish failed");
+            None
+        })
     }
 
     /// Whether events are published at all.
@@ -78,20 +103,8 @@ impl EventSink {
     /// Publishes one event. Publishing is fire-and-forget: a failure is logged,
     /// never allowed to fail the task.
     pub async fn emit(&self, task_id: &TaskId, kind: EventKind, details: Value) {
-        self.emit_with_id(task_id, kind, details, None).await;
-    }
-
-    /// Publishes one event with a `Nats-Msg-Id`, so the event stream keeps only
-    /// the first copy (used for the once-per-task final events).
-    pub async fn emit_with_id(
-        &self,
-        task_id: &TaskId,
-        kind: EventKind,
-        details: Value,
-        msg_id: Option<&str>,
-    ) {
         let Some(client) = &self.client else { return };
-        let Some((headers, payload)) = message(task_id, kind, details, msg_id) else {
+        let Some((headers, payload)) = message(task_id, kind, details, None) else {
             return;
         };
         if let Err(e) = client
@@ -101,6 +114,13 @@ impl EventSink {
             tracing::warn!(%task_id, kind = kind.as_str(), error = %e, "event publish failed");
         }
     }
+}
+
+/// A task's final event, encoded: see [`EventSink::encode_final`].
+pub struct FinalEvent {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
 }
 
 /// An event's headers and JSON body, in the current trace; `msg_id` makes the

@@ -298,7 +298,10 @@ impl Coordinator {
             return;
         };
         let (kind, details) = final_event(result, &delta);
-        let Some(ack) = Box::pin(self.events.emit_final(&id, kind, details.clone())).await else {
+        let Some(event) = self.events.encode_final(&id, kind, details) else {
+            return;
+        };
+        let Some(ack) = Box::pin(self.events.publish_final(&event)).await else {
             return;
         };
         // A clustered event stream electing a new leader answers "no stream"
@@ -335,7 +338,8 @@ impl Coordinator {
                         }
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
-                        ack = events.emit_final(&id, kind, details.clone()).await;
+                        // The same message: its time, trace context and id.
+                        ack = events.publish_final(&event).await;
                         continue;
                     }
                     Err(e) => tracing::error!(task_id = %id, error = %e, "final event not acknowledged by the event stream; giving up (stats and replay miss this task)"),
