@@ -407,27 +407,11 @@ impl Pipeline {
                     let budget = {
                         let now = Instant::now();
                         let remaining = deadline.saturating_duration_since(now);
-                        if !remaining.is_zero() {
-                            carve(remaining, round.len() - i)
-                        } else {
-                            for skipped in &round[i..] {
-                                run.attempts.push((
-                                    offset(now),
-                                    Attempt {
-                                        role,
-                                        slot: skipped.clone(),
-                                        outcome: "skipped".into(),
-                                        error: Some(
-                                            "phase time limit reached before this slot was tried"
-                                                .into(),
-                                        ),
-                                        latency_ms: 0.0,
-                                        budget_ms: 0,
-                                    },
-                                ));
-                            }
+                        if remaining.is_zero() {
+                            run.skipped(role, &round[i..], offset(now));
                             return self.failed(role, last_slot, run, role_started, offset);
                         }
+                        carve(remaining, round.len() - i)
                     };
                     last_slot = slot.clone();
                     let hedge = round
@@ -852,6 +836,23 @@ struct ChainLog {
 }
 
 impl ChainLog {
+    /// Records `slots` as skipped at `at_ms`: the phase ran out of time first.
+    fn skipped(&mut self, role: Role, slots: &[Slot], at_ms: f64) {
+        for slot in slots {
+            self.attempts.push((
+                at_ms,
+                Attempt {
+                    role,
+                    slot: slot.clone(),
+                    outcome: "skipped".into(),
+                    error: Some("phase time limit reached before this slot was tried".into()),
+                    latency_ms: 0.0,
+                    budget_ms: 0,
+                },
+            ));
+        }
+    }
+
     fn absorb(&mut self, other: ChainLog) {
         self.attempts.extend(other.attempts);
         self.failures.extend(other.failures);
