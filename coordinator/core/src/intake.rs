@@ -222,8 +222,7 @@ async fn accept(
     // task holds only what it needs while the task waits on workers (a kept
     // payload would also pin the connection's read buffer it was cut from).
     let spec = Box::new(spec);
-    tasks.spawn(trace.run(
-        async move {
+    let job = async move {
         let _permit = permit;
         let (_, acker) = msg.split();
         // Progress acks keep a long task from being redelivered while it runs.
@@ -255,8 +254,8 @@ async fn accept(
                 let _ = acker.ack_with(AckKind::Nak(Some(delay))).await;
             }
         }
-    }
-    ));
+    };
+    tasks.spawn(trace.run(job));
 }
 
 /// Dead-letters an unusable task and terminates its delivery (or naks it when
