@@ -669,22 +669,23 @@ impl Pipeline {
             budget,
             hedge: is_hedge,
         };
-        match &outcome {
-            Ok(_) => crate::telemetry::attempt_finished(span, &what, latency, None),
-            Err(err) => crate::telemetry::attempt_finished(
-                span,
-                &what,
-                latency,
-                Some((err.code(), &err.to_string())),
-            ),
-        }
+        // The error's code and message, described once for the span and the record.
+        let failure = outcome.as_ref().err().map(|e| (e.code(), e.to_string()));
+        crate::telemetry::attempt_finished(
+            span,
+            &what,
+            latency,
+            failure
+                .as_ref()
+                .map(|(code, message)| (*code, message.as_str())),
+        );
         let latency_ms = latency.as_secs_f64() * 1000.0;
-        let (outcome_name, error) = match &outcome {
-            Ok(_) => {
+        let (outcome_name, error) = match failure {
+            None => {
                 self.latency.record(role, slot, latency);
                 ("ok".to_string(), None)
             }
-            Err(err) => (err.code().to_string(), Some(err.to_string())),
+            Some((code, message)) => (code.to_string(), Some(message)),
         };
         run.attempts.push((
             offset(attempt_start),
