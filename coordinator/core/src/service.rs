@@ -538,7 +538,7 @@ impl Coordinator {
     /// boxed before the long wait: this future is what every task in flight
     /// holds, and an async fn keeps by-value arguments twice.
     async fn handle_submit(
-        &self,
+        self: Arc<Self>,
         mut request: Box<service::Request>,
         _permit: OwnedSemaphorePermit,
     ) {
@@ -918,7 +918,7 @@ async fn admit(coord: &Arc<Coordinator>, tasks: &TaskTracker, request: service::
                 request.message.headers.as_ref(),
             );
             let request = Box::new(request);
-            tasks.spawn(trace.run(async move { coord.handle_submit(request, permit).await }));
+            tasks.spawn(trace.run(coord.handle_submit(request, permit)));
         }
         Err(_) => {
             let enc = Encoding::from_headers(request.message.headers.as_ref()).unwrap_or_default();
@@ -953,7 +953,11 @@ mod tests {
     fn waiting_task_state_stays_small() {
         type C = &'static Coordinator;
         let handler = future_size(
-            |(c, r, p): (C, Box<service::Request>, OwnedSemaphorePermit)| c.handle_submit(r, p),
+            |(c, r, p): (
+                Arc<Coordinator>,
+                Box<service::Request>,
+                OwnedSemaphorePermit,
+            )| { c.handle_submit(r, p) },
         );
         let run = future_size(|(c, s): (C, Box<TaskSpec>)| c.run(s));
         let durable = future_size(|(c, s): (C, Box<TaskSpec>)| c.run_durable(s, 1));
@@ -963,9 +967,12 @@ mod tests {
         let marked = future_size(|(c, s): (C, Box<TaskSpec>)| c.run_marked(s));
         // What admit spawns: the handler inside its task trace.
         let traced = future_size(
-            |(c, r, p, t): (C, Box<service::Request>, OwnedSemaphorePermit, TaskTrace)| {
-                t.run(c.handle_submit(r, p))
-            },
+            |(c, r, p, t): (
+                Arc<Coordinator>,
+                Box<service::Request>,
+                OwnedSemaphorePermit,
+                TaskTrace,
+            )| { t.run(c.handle_submit(r, p)) },
         );
         eprintln!(
             "submit handler {handler} B, traced {traced} B, run {run} B, \
