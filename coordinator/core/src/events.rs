@@ -68,23 +68,13 @@ impl EventSink {
         &self,
         event: &FinalEvent,
     ) -> Option<async_nats::jetstream::context::PublishAckFuture> {
+        let subject = event.subject.clone();
+        let (headers, payload) = (event.headers.clone(), event.payload.clone());
         let outcome = match (&self.js, &self.client) {
-            (Some(js), _) => js
-                .publish_with_headers(
-                    event.subject.clone(),
-                    event.headers.clone(),
-                    event.payload.clone(),
-                )
-                .await
+            (Some(js), _) => (js.publish_with_headers(subject, headers, payload).await)
                 .map(Some)
                 .map_err(|e| e.to_string()),
-            (None, Some(client)) => client
-                .publish_with_headers(
-                    event.subject.clone(),
-                    event.headers.clone(),
-                    event.payload.clone(),
-                )
-                .await
+            (None, Some(client)) => (client.publish_with_headers(subject, headers, payload).await)
                 .map(|()| None)
                 .map_err(|e| e.to_string()),
             (None, None) => Ok(None),
