@@ -322,6 +322,15 @@ struct Added {
     status: Status,
 }
 
+impl Added {
+    /// Keeps `attribute` unless [`MAX_ATTRIBUTES`] are kept already.
+    fn attribute(&mut self, attribute: KeyValue) {
+        if self.attributes.len() < MAX_ATTRIBUTES {
+            self.attributes.push(attribute);
+        }
+    }
+}
+
 /// Most events a task trace keeps: the SDK's default span limit. A task that
 /// logs on every retry for minutes must not grow without bound.
 const MAX_EVENTS: usize = 128;
@@ -440,21 +449,14 @@ impl TaskTrace {
 
     /// Adds an attribute.
     pub fn set_attribute(&self, attribute: KeyValue) {
-        self.add(|a| {
-            if a.attributes.len() < MAX_ATTRIBUTES {
-                a.attributes.push(attribute);
-            }
-        });
+        self.add(|a| a.attribute(attribute));
     }
 
     /// Marks it failed: an error status with `description`, and `error.type`.
     pub fn set_error(&self, error_type: &str, description: &str) {
         self.add(|a| {
             a.status = Status::error(description.to_string());
-            if a.attributes.len() < MAX_ATTRIBUTES {
-                a.attributes
-                    .push(KeyValue::new("error.type", error_type.to_string()));
-            }
+            a.attribute(KeyValue::new("error.type", error_type.to_string()));
         });
     }
 
