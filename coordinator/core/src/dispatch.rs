@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap, Message, StatusCode};
@@ -20,18 +21,18 @@ use futures::StreamExt as _;
 use orch_shared::codec::{Encoding, error_from_reply};
 use orch_shared::wire::{WorkReply, WorkRequest};
 use orch_shared::{ErrorCode, Role, Slot, TaskId, headers, subjects};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Where the router leaves what arrives for one attempt. Heartbeats only
 /// need their time, so they overwrite each other; the final reply is kept.
 /// (About a hundred bytes, where a channel would preallocate kilobytes per
-/// attempt: with 10,000 tasks in flight that difference is the heap.)
+/// attempt: with 10,000 tasks in flight that difference is the heap.) The
+/// attempt waits on it through [`Inbox::poll_arrived`]: its waker is kept
+/// here, so the waiting future holds no notification state of its own.
 #[derive(Default)]
 pub(crate) struct Inbox {
     state: Mutex<InboxState>,
-    wake: Notify,
 }
 
 #[derive(Default)]
@@ -43,6 +44,10 @@ struct InboxState {
     /// deadline, [`Dispatcher::stop_all`]) or `HedgeLost` ([`CallOffHandle`]).
     /// The first reason stands.
     ended: Option<AttemptError>,
+    /// Something arrived since the attempt last looked.
+    fresh: bool,
+    /// The waiting attempt's waker (an inbox has one waiter: its attempt).
+    waker: Option<Waker>,
 }
 
 /// What an attempt finds in its inbox when woken.
@@ -52,6 +57,32 @@ pub(crate) struct Arrived {
     pub(crate) ended: Option<AttemptError>,
 }
 
+impl InboxState {
+    /// Marks the state fresh; the waker to wake (outside the lock).
+    fn arrived(&mut self) -> Option<Waker> {
+        self.fresh = true;
+        self.waker.take()
+    }
+
+    fn take(&mut self) -> Arrived {
+        self.fresh = false;
+        Arrived {
+            reply: self.reply.take(),
+            last_heartbeat: self.last_heartbeat,
+            ended: self.ended.clone(),
+        }
+    }
+}
+
+/// What a poisoned inbox lock means to an attempt: give up.
+fn poisoned() -> Arrived {
+    Arrived {
+        reply: None,
+        last_heartbeat: None,
+        ended: Some(AttemptError::Cancelled),
+    }
+}
+
 impl Inbox {
     pub(crate) fn deliver(&self, msg: Message) {
         let heartbeat = msg
@@ -59,39 +90,44 @@ impl Inbox {
             .as_ref()
             .and_then(|h| h.get(headers::ORCH_KIND))
             .is_some_and(|k| k.as_str() == headers::KIND_HEARTBEAT);
-        if let Ok(mut st) = self.state.lock() {
+        let waker = self.state.lock().ok().and_then(|mut st| {
             if heartbeat {
                 st.last_heartbeat = Some(Instant::now());
             } else if st.reply.is_none() {
                 st.reply = Some(Box::new(msg));
             }
+            st.arrived()
+        });
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.wake.notify_one();
     }
 
     /// Tells the waiting attempt to give up with `why`.
     fn end(&self, why: AttemptError) {
-        if let Ok(mut st) = self.state.lock() {
+        let waker = self.state.lock().ok().and_then(|mut st| {
             st.ended.get_or_insert(why);
+            st.arrived()
+        });
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.wake.notify_one();
     }
 
-    /// The final reply if one came, the time of the latest heartbeat, and
-    /// why the attempt must give up, if it must.
-    pub(crate) fn take(&self) -> Arrived {
-        match self.state.lock() {
-            Ok(mut st) => Arrived {
-                reply: st.reply.take(),
-                last_heartbeat: st.last_heartbeat,
-                ended: st.ended.clone(),
-            },
-            Err(_) => Arrived {
-                reply: None,
-                last_heartbeat: None,
-                ended: Some(AttemptError::Cancelled),
-            },
+    /// Ready once something arrived since the last look: the final reply if
+    /// one came, the time of the latest heartbeat, and why the attempt must
+    /// give up, if it must. Otherwise keeps `cx`'s waker for the next arrival.
+    pub(crate) fn poll_arrived(&self, cx: &mut Context<'_>) -> Poll<Arrived> {
+        let Ok(mut st) = self.state.lock() else {
+            return Poll::Ready(poisoned());
+        };
+        if st.fresh {
+            return Poll::Ready(st.take());
         }
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -348,84 +384,106 @@ impl Dispatcher {
     /// trace context goes into the request's headers (the worker's span
     /// becomes its child).
     ///
+    /// Not an `async fn`: one copies its arguments into its state a second
+    /// time (as captured, and as moved into the body), and this state is what
+    /// every task holds while it waits on a worker.
+    ///
     /// # Errors
     /// Every failure, typed: see [`AttemptError`].
-    #[allow(clippy::too_many_arguments)]
-    pub async fn attempt(
-        &self,
-        task_id: &TaskId,
+    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+    pub fn attempt<'a>(
+        &'a self,
+        task_id: &'a TaskId,
         role: Role,
-        slot: &Slot,
+        slot: &'a Slot,
         payload: Bytes,
         limits: AttemptLimits,
         call_off: CallOffHandle,
-        span: &orch_shared::trace::RecordedSpan,
-    ) -> Result<WorkReply, AttemptError> {
-        let inner = &*self.inner;
-        let id = inner.next.fetch_add(1, Ordering::Relaxed);
-        let inbox = call_off.0;
-        if let Ok(mut p) = inner.pending.lock() {
-            p.insert(id, inbox.clone());
-        }
-        let _guard = PendingGuard { inner, id };
-        // Checked after registering: stop_all either sees this attempt or it sees the flag.
-        if inner.stopped.is_cancelled() {
-            return Err(AttemptError::Cancelled);
-        }
-        let request_id = format!("{}-{id}", inner.instance);
-        let budget = limits.budget;
-        let deadline = Instant::now() + budget;
-        let h = request_headers(budget, &request_id, task_id, span);
-        // The role travels in the reply subject so NATS permissions can let a
-        // worker answer its own role's attempts only (deploy/nats/permissions.conf).
-        let reply = subjects::attempt_reply(&inner.prefix, role, id);
-        // Boxed: the send path is large and only lives until the request is out,
-        // while the attempt itself may wait a long time for its reply. (The
-        // headers and reply subject move into it: no local keeps them.)
-        Box::pin(self.send(role, slot, reply, h, payload, &limits, deadline, budget)).await?;
+        span: &'a orch_shared::trace::RecordedSpan,
+    ) -> impl Future<Output = Result<WorkReply, AttemptError>> + Send + 'a {
+        async move {
+            let inbox = &call_off.0;
+            let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut p) = self.inner.pending.lock() {
+                p.insert(id, inbox.clone());
+            }
+            let _guard = PendingGuard {
+                inner: &self.inner,
+                id,
+            };
+            // Checked after registering: stop_all either sees this attempt or it sees the flag.
+            if self.inner.stopped.is_cancelled() {
+                return Err(AttemptError::Cancelled);
+            }
+            let request_id = format!("{}-{id}", self.inner.instance);
+            let deadline = Instant::now() + limits.budget;
+            {
+                let h = request_headers(limits.budget, &request_id, task_id, span);
+                // The role travels in the reply subject so NATS permissions can let a
+                // worker answer its own role's attempts only (deploy/nats/permissions.conf).
+                let reply = subjects::attempt_reply(&self.inner.prefix, role, id);
+                // Boxed: the send path is large and only lives until the request is
+                // out, while the attempt itself may wait a long time for its reply.
+                Box::pin(self.send(role, slot, reply, h, payload, &limits, deadline)).await?;
+            }
 
-        // Queued work may wait at the broker for a free worker: silence only
-        // counts once a worker has taken it (its first heartbeat).
-        let mut last_heard: Option<Instant> = (!limits.queued).then(Instant::now);
-        loop {
-            let silence_deadline = match (limits.heartbeat_timeout, last_heard) {
-                (Some(t), Some(heard)) => Some(heard + t).filter(|d| *d < deadline),
-                _ => None,
-            };
-            let wake = silence_deadline.unwrap_or(deadline);
-            tokio::select! {
-                () = inbox.wake.notified() => {}
-                () = tokio::time::sleep_until(wake.into()) => {
-                    let err = if let (Some(_), Some(heard)) = (silence_deadline, last_heard) {
-                        AttemptError::WorkerLost { silent_for: heard.elapsed() }
-                    } else {
-                        AttemptError::TimedOut { after: budget }
+            // Queued work may wait at the broker for a free worker: silence only
+            // counts once a worker has taken it (its first heartbeat).
+            let mut last_heard: Option<Instant> = (!limits.queued).then(Instant::now);
+            // In a block: the timer is not kept while the worker is told to cancel.
+            let err = {
+                let timer = tokio::time::sleep_until(deadline.into());
+                tokio::pin!(timer);
+                loop {
+                    let silence_deadline = match (limits.heartbeat_timeout, last_heard) {
+                        (Some(t), Some(heard)) => Some(heard + t).filter(|d| *d < deadline),
+                        _ => None,
                     };
-                    Box::pin(self.cancel(role, slot, &request_id)).await;
-                    return Err(err);
+                    timer
+                        .as_mut()
+                        .reset(silence_deadline.unwrap_or(deadline).into());
+                    // What arrived wins over a timer that fired at the same time.
+                    let arrived = std::future::poll_fn(|cx| match inbox.poll_arrived(cx) {
+                        Poll::Ready(arrived) => Poll::Ready(Some(arrived)),
+                        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+                    })
+                    .await;
+                    let Some(arrived) = arrived else {
+                        break match (silence_deadline, last_heard) {
+                            (Some(_), Some(heard)) => AttemptError::WorkerLost {
+                                silent_for: heard.elapsed(),
+                            },
+                            _ => AttemptError::TimedOut {
+                                after: limits.budget,
+                            },
+                        };
+                    };
+                    if let Some(err) = arrived.ended {
+                        break err;
+                    }
+                    if arrived.last_heartbeat.is_some() {
+                        last_heard = arrived.last_heartbeat;
+                    }
+                    let Some(msg) = arrived.reply else { continue };
+                    if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                        return Err(AttemptError::NoResponders);
+                    }
+                    return match decode_reply(&msg) {
+                        // The worker's clock ran out a hair before ours: same event, one wording.
+                        Err(AttemptError::Rejected {
+                            code: ErrorCode::TimedOut,
+                            ..
+                        }) => Err(AttemptError::TimedOut {
+                            after: limits.budget,
+                        }),
+                        other => other,
+                    };
                 }
-            }
-            let arrived = inbox.take();
-            if let Some(err) = arrived.ended {
-                // Stop the worker too: it aborts its model call.
-                Box::pin(self.cancel(role, slot, &request_id)).await;
-                return Err(err);
-            }
-            if arrived.last_heartbeat.is_some() {
-                last_heard = arrived.last_heartbeat;
-            }
-            let Some(msg) = arrived.reply else { continue };
-            if msg.status == Some(StatusCode::NO_RESPONDERS) {
-                return Err(AttemptError::NoResponders);
-            }
-            return match decode_reply(&msg) {
-                // The worker's clock ran out a hair before ours: same event, one wording.
-                Err(AttemptError::Rejected {
-                    code: ErrorCode::TimedOut,
-                    ..
-                }) => Err(AttemptError::TimedOut { after: budget }),
-                other => other,
             };
+            // Given up (timed out, silent, called off): stop the worker too, so
+            // it aborts its model call.
+            Box::pin(self.cancel(role, slot, &request_id)).await;
+            Err(err)
         }
     }
 
@@ -443,9 +501,9 @@ impl Dispatcher {
         payload: Bytes,
         limits: &AttemptLimits,
         deadline: Instant,
-        budget: Duration,
     ) -> Result<(), AttemptError> {
         if limits.queued {
+            let budget = limits.budget;
             return Box::pin(self.send_queued(role, slot, reply, h, payload, deadline, budget))
                 .await;
         }

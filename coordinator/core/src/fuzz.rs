@@ -139,7 +139,12 @@ fn worker_reply() {
         // else is the attempt's reply.
         let inbox = Inbox::default();
         inbox.deliver(inbound.message());
-        let arrived = inbox.take();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready(arrived) = inbox.poll_arrived(&mut cx) else {
+            return Err(TestCaseError::fail(
+                "a delivered message did not wake the attempt",
+            ));
+        };
         prop_assert!(arrived.ended.is_none());
         let (reply, heartbeat) = (arrived.reply, arrived.last_heartbeat);
         let is_heartbeat = inbound
