@@ -14,7 +14,7 @@
 //! [`TaskTrace`] and [`RecordedSpan`]s keep ids and start times while open and
 //! go to the same exporter whole when they end.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -304,17 +304,22 @@ pub(crate) fn install_sampler(sampler: Box<dyn ShouldSample>) {
 /// A `tracing` span with its OpenTelemetry data costs a waiting task ~1.3 KB
 /// (measured) and instrumentation on every poll; this costs its ids, start
 /// time and whatever is added to it.
+///
+/// Every task in flight holds one inside its tokio task, whose allocation
+/// grows in steps of 128 bytes: what is only needed to export it (its name and
+/// kind too) is boxed with what is added, and the box is a `Cell` (taken out
+/// and put back) rather than a `RefCell` with its borrow flag.
 pub struct TaskTrace {
     span: Option<RecordedSpan>,
-    name: &'static str,
-    kind: SpanKind,
     /// `None` unless recording: a task that is not exported holds nothing.
-    added: RefCell<Option<Box<Added>>>,
+    added: Cell<Option<Box<Added>>>,
 }
 
-/// What is added to a [`TaskTrace`] while it runs.
-#[derive(Default)]
+/// What a recording [`TaskTrace`] exports besides its ids: its name and
+/// kind, and what is added to it while it runs.
 struct Added {
+    name: &'static str,
+    kind: SpanKind,
     attributes: Vec<KeyValue>,
     events: Vec<opentelemetry::trace::Event>,
     /// Events past [`MAX_EVENTS`] (counted, not kept).
@@ -323,6 +328,17 @@ struct Added {
 }
 
 impl Added {
+    fn new(name: &'static str, kind: SpanKind, attributes: Vec<KeyValue>) -> Added {
+        Added {
+            name,
+            kind,
+            attributes,
+            events: Vec::new(),
+            dropped_events: 0,
+            status: Status::Unset,
+        }
+    }
+
     /// Keeps `attribute` unless [`MAX_ATTRIBUTES`] are kept already.
     fn attribute(&mut self, attribute: KeyValue) {
         if self.attributes.len() < MAX_ATTRIBUTES {
@@ -379,17 +395,12 @@ impl TaskTrace {
             parent_is_remote: psc.is_valid() && psc.is_remote(),
             start: SystemTime::now(),
         };
-        let added = span.recording().then(|| {
-            Box::new(Added {
-                attributes,
-                ..Added::default()
-            })
-        });
+        let added = span
+            .recording()
+            .then(|| Box::new(Added::new(name, kind, attributes)));
         TaskTrace {
             span: Some(span),
-            name,
-            kind,
-            added: RefCell::new(added),
+            added: Cell::new(added),
         }
     }
 
@@ -440,10 +451,9 @@ impl TaskTrace {
 
     /// Changes what will be exported, when it is [`recording`](Self::recording).
     fn add(&self, f: impl FnOnce(&mut Added)) {
-        if let Ok(mut added) = self.added.try_borrow_mut()
-            && let Some(added) = added.as_mut()
-        {
-            f(added);
+        if let Some(mut added) = self.added.take() {
+            f(&mut added);
+            self.added.set(Some(added));
         }
     }
 
@@ -482,10 +492,9 @@ impl Drop for TaskTrace {
         if let Some(span) = self.span.take()
             && let Some(added) = self.added.get_mut().take()
         {
-            let (name, kind) = (self.name, self.kind.clone());
             span.end(|| SpanEnd {
-                name: name.into(),
-                kind,
+                name: added.name.into(),
+                kind: added.kind,
                 attributes: added.attributes,
                 status: added.status,
                 events: added.events,
@@ -555,16 +564,17 @@ mod tests {
     fn a_task_trace_keeps_at_most_the_span_limits() {
         let task = TaskTrace {
             span: None,
-            name: "orch.task",
-            kind: SpanKind::Server,
-            added: RefCell::new(Some(Box::default())),
+            added: Cell::new(Some(Box::new(Added::new(
+                "orch.task",
+                SpanKind::Server,
+                vec![],
+            )))),
         };
         for i in 0..200 {
             task.add_event(format!("retry {i}"), vec![]);
             task.set_attribute(KeyValue::new(format!("a{i}"), i64::from(i)));
         }
-        let added = task.added.borrow();
-        let added = added.as_ref().expect("recording");
+        let added = task.added.take().expect("recording");
         assert_eq!(added.events.len(), MAX_EVENTS);
         assert_eq!(added.dropped_events, 200 - MAX_EVENTS as u32);
         assert_eq!(added.events[0].name, "retry 0");
