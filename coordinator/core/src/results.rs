@@ -130,10 +130,22 @@ impl ResultStore {
             since: now_rfc3339(),
             coordinator: self.coordinator.clone(),
         };
-        let bytes = serde_json::to_vec(&marker).map_err(|e| StoreError(e.to_string()))?;
-        match self.kv.create(id.as_str(), Bytes::from(bytes)).await {
+        let bytes =
+            Bytes::from(serde_json::to_vec(&marker).map_err(|e| StoreError(e.to_string()))?);
+        // Written only if the key has no entry (revision 0), as `create` does
+        // first. Every task starts with this future alive beside it until the
+        // stream acknowledges, and `create`'s fallback (a read of the existing
+        // entry) doubles its size (2.2 KB): the rare cases, an entry that
+        // exists or existed (deleted or purged) or a failed write, go through
+        // `create`, boxed.
+        if let Ok(revision) = self.kv.update(id.as_str(), bytes.clone(), 0).await {
+            return Ok(Stored::Pending { revision, marker });
+        }
+        match Box::pin(self.kv.create(id.as_str(), bytes)).await {
             Ok(revision) => Ok(Stored::Pending { revision, marker }),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self.lookup(id).await,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Box::pin(self.lookup(id)).await
+            }
             Err(e) => Err(StoreError(e.to_string())),
         }
     }
