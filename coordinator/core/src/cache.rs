@@ -40,7 +40,7 @@ pub fn key(spec: &TaskSpec, config: &CoordinatorConfig) -> String {
         "roles": slots,
         "available_tools": tools,
         "context": spec.context.as_deref().map(str::trim),
-        "web_query": spec.roles.contains(Role::Web).then(|| spec.web_query.trim()),
+        "web_query": spec.roles.contains(Role::Web).then(|| spec.web_query().trim()),
         "screenshot": screenshot,
     });
     hex(&Sha256::digest(normalized.to_string().as_bytes()))

@@ -59,13 +59,20 @@ pub struct TaskSpec {
     pub screenshot_ref: Option<ObjectRef>,
     /// Whether the result cache may be used for this task.
     pub use_cache: bool,
-    /// Query for web.
-    pub web_query: String,
+    /// Query for web, when the request gave one (else the task text: see
+    /// [`TaskSpec::web_query`]; not a copy of it, which every task in flight
+    /// would hold).
+    pub web_search_query: Option<String>,
     /// Per-phase limits.
     pub timeouts: PhaseTimeouts,
 }
 
 impl TaskSpec {
+    /// What the web role searches for: the request's query, or the task.
+    pub fn web_query(&self) -> &str {
+        self.web_search_query.as_deref().unwrap_or(&self.task)
+    }
+
     /// Validates a request and applies the coordinator's defaults.
     ///
     /// Role selection: `tools` if given, else the configured default set.
@@ -115,10 +122,7 @@ impl TaskSpec {
         let ms = Duration::from_millis;
         Ok(TaskSpec {
             task_id,
-            web_query: req
-                .web_search_query
-                .clone()
-                .unwrap_or_else(|| req.task.clone()),
+            web_search_query: req.web_search_query,
             task: req.task,
             roles,
             available_tools: req.available_tools,
@@ -298,7 +302,7 @@ impl Pipeline {
             let request = move || {
                 let mut req = self.work_request(spec, role);
                 if role == Role::Web {
-                    req.query = Some(spec.web_query.clone());
+                    req.query = Some(spec.web_query().to_string());
                 }
                 req
             };
@@ -1002,7 +1006,7 @@ mod tests {
         );
         let s = spec(json!({"task": "t", "screenshot": "iVBO"})).unwrap();
         assert!(s.roles.contains(Role::Vision));
-        assert_eq!(s.web_query, "t");
+        assert_eq!(s.web_query(), "t");
     }
 
     #[test]
