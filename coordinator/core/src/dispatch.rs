@@ -357,6 +357,12 @@ impl Dispatcher {
         &self.inner.instance
     }
 
+    /// The request id of attempt `id`, as its worker sees it (written out
+    /// when needed: an attempt waiting for its reply keeps only `id`).
+    fn request_id(&self, id: u64) -> String {
+        format!("{}-{id}", self.inner.instance)
+    }
+
     /// Attempts in flight.
     pub fn pending(&self) -> usize {
         self.inner.pending.lock().map(|p| p.len()).unwrap_or(0)
@@ -415,10 +421,9 @@ impl Dispatcher {
             if self.inner.stopped.is_cancelled() {
                 return Err(AttemptError::Cancelled);
             }
-            let request_id = format!("{}-{id}", self.inner.instance);
             let deadline = Instant::now() + limits.budget;
             {
-                let h = request_headers(limits.budget, &request_id, task_id, span);
+                let h = request_headers(limits.budget, &self.request_id(id), task_id, span);
                 // The role travels in the reply subject so NATS permissions can let a
                 // worker answer its own role's attempts only (deploy/nats/permissions.conf).
                 let reply = subjects::attempt_reply(&self.inner.prefix, role, id);
@@ -482,7 +487,7 @@ impl Dispatcher {
             };
             // Given up (timed out, silent, called off): stop the worker too, so
             // it aborts its model call.
-            Box::pin(self.cancel(role, slot, &request_id)).await;
+            Box::pin(self.cancel(role, slot, &self.request_id(id))).await;
             Err(err)
         }
     }
