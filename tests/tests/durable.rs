@@ -752,3 +752,73 @@ async fn a_final_event_is_published_again_unchanged() {
         .messages;
     assert_eq!(stored, 1);
 }
+
+/// The pending-result marker is written only where a task id has no entry:
+/// a second start finds the first marker (same revision, same coordinator),
+/// a stored result is returned as done, and a key an operator deleted is
+/// written again (the path through `kv::Store::create`).
+#[tokio::test]
+async fn a_pending_marker_is_created_once_per_task_id() {
+    use orch_coordinator::durable::Durable;
+    use orch_coordinator::results::{Finish, ResultStore, Stored};
+
+    let nats = NatsServer::start();
+    let client = nats.connect().await;
+    let durable = Durable::setup(&client, &DurableConfig::default())
+        .await
+        .expect("JetStream setup");
+    let first = ResultStore::new(durable.results.clone(), client.clone(), "coordinator-a");
+    let second = ResultStore::new(durable.results.clone(), client.clone(), "coordinator-b");
+    let id = TaskId::generate();
+
+    let Ok(Stored::Pending { revision, marker }) = first.start(&id).await else {
+        panic!("the first start writes a marker");
+    };
+    assert_eq!(marker.coordinator, "coordinator-a");
+    let Ok(Stored::Pending {
+        revision: seen,
+        marker: existing,
+    }) = second.start(&id).await
+    else {
+        panic!("a second start finds the first marker");
+    };
+    assert_eq!(
+        (seen, existing.coordinator.as_str()),
+        (revision, "coordinator-a")
+    );
+
+    let result = orch_client::OrchestratedResult {
+        task_id: id.to_string(),
+        task: "t".into(),
+        primary_answer: None,
+        model_results: BTreeMap::new(),
+        confidence: 0.0,
+        conflicts: vec![],
+        execution_time_ms: 1.0,
+        models_used: vec![],
+        fallback_chain: vec![],
+        attempts: vec![],
+        trace_id: None,
+        cached: false,
+    };
+    assert!(matches!(
+        first.finish(&result, Some(revision)).await,
+        Ok(Finish::Stored)
+    ));
+    assert!(matches!(second.start(&id).await, Ok(Stored::Done(_))));
+
+    durable
+        .results
+        .delete(id.as_str())
+        .await
+        .expect("delete the entry");
+    let Ok(Stored::Pending {
+        revision: again,
+        marker,
+    }) = second.start(&id).await
+    else {
+        panic!("a deleted entry is written again");
+    };
+    assert!(again > revision);
+    assert_eq!(marker.coordinator, "coordinator-b");
+}

@@ -65,6 +65,9 @@ pub struct StoreError(pub String);
 #[derive(Clone)]
 pub struct ResultStore {
     kv: kv::Store,
+    /// The bucket's JetStream context (the default API prefix: see
+    /// [`ResultStore::create_if_absent`]).
+    js: async_nats::jetstream::Context,
     client: Client,
     coordinator: String,
 }
@@ -85,6 +88,7 @@ impl ResultStore {
     pub fn new(kv: kv::Store, client: Client, coordinator: &str) -> ResultStore {
         ResultStore {
             kv,
+            js: async_nats::jetstream::new(client.clone()),
             client,
             coordinator: coordinator.to_string(),
         }
@@ -132,13 +136,14 @@ impl ResultStore {
         };
         let bytes =
             Bytes::from(serde_json::to_vec(&marker).map_err(|e| StoreError(e.to_string()))?);
-        // Written only if the key has no entry (revision 0), as `create` does
-        // first. Every task starts with this future alive beside it until the
-        // stream acknowledges, and `create`'s fallback (a read of the existing
-        // entry) doubles its size (2.2 KB): the rare cases, an entry that
-        // exists or existed (deleted or purged) or a failed write, go through
-        // `create`, boxed.
-        if let Ok(revision) = self.kv.update(id.as_str(), bytes.clone(), 0).await {
+        // Written only if the key has no entry, as `create` does first. Every
+        // task starts with this future alive beside it until the stream
+        // acknowledges; `create` (2.4 KB with the read of an existing entry it
+        // falls back to) and even `update` (1.1 KB) would make the thousands
+        // alive during a burst of submits a large part of what the allocator
+        // keeps. The rare cases, an entry that exists or existed (deleted or
+        // purged) or a failed write, go through `create`, boxed.
+        if let Some(revision) = self.create_if_absent(id.as_str(), bytes.clone()).await {
             return Ok(Stored::Pending { revision, marker });
         }
         match Box::pin(self.kv.create(id.as_str(), bytes)).await {
@@ -148,6 +153,28 @@ impl ResultStore {
             }
             Err(e) => Err(StoreError(e.to_string())),
         }
+    }
+
+    /// Writes `value` under `key` if the key has no entry, returning the
+    /// entry's revision: `kv::Store::update(key, value, 0)`, as the JetStream
+    /// publish it is (to the bucket's put subject, expecting no earlier
+    /// message on it) with only the sending step boxed. A bucket reached
+    /// through a JetStream API prefix or domain goes through `update` itself.
+    /// `None` when the entry exists or the write failed.
+    async fn create_if_absent(&self, key: &str, value: Bytes) -> Option<u64> {
+        if self.kv.use_jetstream_prefix {
+            return Box::pin(self.kv.update(key, value, 0)).await.ok();
+        }
+        let prefix = self.kv.put_prefix.as_deref().unwrap_or(&self.kv.prefix);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        let ack = Box::pin(
+            self.js
+                .publish_with_headers(format!("{prefix}{key}"), headers, value),
+        )
+        .await
+        .ok()?;
+        ack.await.ok().map(|ack| ack.sequence)
     }
 
     /// Stores the final result unless another run already did.
