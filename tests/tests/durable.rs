@@ -767,8 +767,11 @@ async fn a_pending_marker_is_created_once_per_task_id() {
     let durable = Durable::setup(&client, &DurableConfig::default())
         .await
         .expect("JetStream setup");
-    let first = ResultStore::new(durable.results.clone(), client.clone(), "coordinator-a");
-    let second = ResultStore::new(durable.results.clone(), client.clone(), "coordinator-b");
+    let store = |name| {
+        let (kv, js) = (durable.results.clone(), durable.js.clone());
+        ResultStore::new(kv, js, client.clone(), name)
+    };
+    let (first, second) = (store("coordinator-a"), store("coordinator-b"));
     let id = TaskId::generate();
 
     let Ok(Stored::Pending { revision, marker }) = first.start(&id).await else {

@@ -65,7 +65,7 @@ pub struct StoreError(pub String);
 #[derive(Clone)]
 pub struct ResultStore {
     kv: kv::Store,
-    /// The bucket's JetStream context (the default API prefix: see
+    /// The JetStream context the bucket was opened with (see
     /// [`ResultStore::create_if_absent`]).
     js: async_nats::jetstream::Context,
     client: Client,
@@ -84,11 +84,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Result<OrchestratedResult, Pending>
 }
 
 impl ResultStore {
-    /// Wraps the bucket.
-    pub fn new(kv: kv::Store, client: Client, coordinator: &str) -> ResultStore {
+    /// Wraps the bucket, opened through `js`.
+    pub fn new(
+        kv: kv::Store,
+        js: async_nats::jetstream::Context,
+        client: Client,
+        coordinator: &str,
+    ) -> ResultStore {
         ResultStore {
             kv,
-            js: async_nats::jetstream::new(client.clone()),
+            js,
             client,
             coordinator: coordinator.to_string(),
         }

@@ -142,9 +142,10 @@ impl Coordinator {
             .await
             .map_err(ServeError::Projection)?;
         }
-        let results = durable
-            .as_ref()
-            .map(|d| ResultStore::new(d.results.clone(), client.clone(), dispatcher.instance()));
+        let results = durable.as_ref().map(|d| {
+            let (kv, js) = (d.results.clone(), d.js.clone());
+            ResultStore::new(kv, js, client.clone(), dispatcher.instance())
+        });
         Ok(Coordinator {
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
             client,
