@@ -65,3 +65,53 @@ fn schemas_are_written() {
     assert_eq!(schema["required"], serde_json::json!(["task"]));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The benchmark itself runs (a short pass against its own nats-server; its
+/// timings are not checked, this machine is noisy) and counts what a task
+/// costs NATS: a floor chain is 4 request/replies, 8 messages each way; a
+/// 4-phase task with events and JetStream sends 25 (submit, 4 work requests,
+/// their 4 replies, the reply, 12 events, the pending marker, the stored result
+/// and its announcement) and receives 14 (the 10 deliveries of the request/replies,
+/// 3 JetStream acknowledgements and the final event for the stats projection).
+/// A change that adds messages to every task fails here and updates the README.
+#[test]
+fn bench_reports_its_figures_and_the_messages_per_task() {
+    let dir = std::env::temp_dir().join(format!("orch-bench-{}", std::process::id()));
+    let (code, out, err) = orch(&[
+        "bench",
+        "--quick",
+        "--only",
+        "p1",
+        "--concurrency",
+        "1",
+        "--json",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.lines().last().unwrap_or_default();
+    let figures: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    let figure = |key: &str| {
+        figures[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no `{key}` in {figures}"))
+    };
+    assert!(figure("p1_overhead_ratio") > 0.0, "{figures}");
+    assert!(figure("floor_p50_ms") > 0.0, "{figures}");
+    // Whole messages: anything else in the window (a stats snapshot) is a few in 200 runs.
+    for (key, expected) in [
+        ("floor_msgs_sent_per_chain", 8.0),
+        ("floor_msgs_received_per_chain", 8.0),
+        ("task_msgs_sent", 25.0),
+        ("task_msgs_received", 14.0),
+    ] {
+        let got = figure(key);
+        assert!(
+            (got - expected).abs() < 0.5,
+            "{key}: {got}, expected {expected}"
+        );
+    }
+    let csv = std::fs::read_to_string(dir.join("bench.csv")).expect("bench.csv written");
+    assert!(csv.contains("p1: 4-phase task, concurrency 1"), "{csv}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

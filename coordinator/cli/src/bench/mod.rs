@@ -14,6 +14,9 @@
 //!   request/replies per second at the same concurrency (`p2_floor_ratio`).
 //!
 //! Floor and task samples are interleaved in blocks so machine noise hits both.
+//! Over the same blocks the rig counts the messages its connections send and
+//! receive (async-nats' per-connection statistics), per task and per floor
+//! chain: what a task costs NATS, in a figure that does not depend on the machine.
 //! Output: a table, then (with `--json`) one JSON object as the last line; CSV
 //! files under `--out`.
 
@@ -152,7 +155,9 @@ impl Drop for PrivateServer {
 
 fn start_server() -> anyhow::Result<PrivateServer> {
     let dir = tempfile::tempdir()?;
-    let child = std::process::Command::new("nats-server")
+    // The binary the test harness uses too: `$NATS_SERVER_BIN`, else `PATH`.
+    let bin = std::env::var_os("NATS_SERVER_BIN").unwrap_or_else(|| "nats-server".into());
+    let child = std::process::Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
         .arg(dir.path().join("js"))
         .arg("--ports_file_dir")
@@ -250,10 +255,79 @@ struct Rig {
     clients: Vec<Orchestrator>,
     echo: async_nats::Client,
     coordinator: Arc<Coordinator>,
+    /// Every connection of the rig (client, coordinator, workers, echo), for [`Rig::traffic`].
+    connections: Vec<async_nats::Client>,
+}
+
+impl Rig {
+    /// Messages all of the rig's connections have sent and received so far.
+    fn traffic(&self) -> Traffic {
+        let mut t = Traffic::default();
+        for c in &self.connections {
+            let stats = c.statistics();
+            t.sent += stats.out_messages.load(Ordering::Relaxed);
+            t.received += stats.in_messages.load(Ordering::Relaxed);
+        }
+        t
+    }
+}
+
+/// Message counts of the rig's connections: published to NATS (`sent`) and
+/// delivered by it (`received`), JetStream API calls and acknowledgements included.
+#[derive(Debug, Clone, Copy, Default)]
+struct Traffic {
+    sent: u64,
+    received: u64,
+}
+
+/// Messages per floor chain and per 4-phase task: `n` of each, one at a
+/// time, the counters read once the rig is quiet (a task's result is stored
+/// after its reply).
+async fn messages_per_run(
+    rig: &Rig,
+    payload: &Bytes,
+    req: &SubmitRequest,
+    n: u32,
+) -> anyhow::Result<(PerRun, PerRun)> {
+    let settle = Duration::from_millis(200);
+    tokio::time::sleep(settle).await;
+    let start = rig.traffic();
+    for _ in 0..n {
+        floor_sample(&rig.echo, payload).await?;
+    }
+    tokio::time::sleep(settle).await;
+    let between = rig.traffic();
+    for _ in 0..n {
+        task_sample(&rig.clients[0], req).await?;
+    }
+    tokio::time::sleep(settle).await;
+    let end = rig.traffic();
+    Ok((
+        between.per_run_since(start, n),
+        end.per_run_since(between, n),
+    ))
+}
+
+impl Traffic {
+    /// Per run, of `runs` runs between `before` and `self`.
+    fn per_run_since(self, before: Traffic, runs: u32) -> PerRun {
+        let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / f64::from(runs.max(1));
+        PerRun {
+            sent: per(self.sent, before.sent),
+            received: per(self.received, before.received),
+        }
+    }
+}
+
+/// Messages sent and received per run.
+struct PerRun {
+    sent: f64,
+    received: f64,
 }
 
 async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<Rig> {
     let stop = CancellationToken::new();
+    let mut connections = Vec::new();
     for (role, slot) in [
         (Role::Vision, "default"),
         (Role::Web, "default"),
@@ -261,6 +335,7 @@ async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<R
         (Role::Verifier, "chatgpt"),
     ] {
         let client = async_nats::connect(url).await?;
+        connections.push(client.clone());
         let mut cfg = ServeConfig::new(slot.parse::<Slot>()?);
         cfg.concurrency = 4096;
         cfg.max_queue = 65_536;
@@ -274,6 +349,7 @@ async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<R
     }
     // Echo responder for the floor.
     let echo_srv = async_nats::connect(url).await?;
+    connections.push(echo_srv.clone());
     let mut sub = echo_srv.subscribe("orch.bench.echo").await?;
     let token = stop.clone();
     tokio::spawn(async move {
@@ -295,7 +371,9 @@ async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<R
     if !jetstream {
         config.durable = None;
     }
-    let coordinator = Arc::new(Coordinator::start(async_nats::connect(url).await?, config).await?);
+    let coordinator_conn = async_nats::connect(url).await?;
+    connections.push(coordinator_conn.clone());
+    let coordinator = Arc::new(Coordinator::start(coordinator_conn, config).await?);
     let (c, t) = (coordinator.clone(), stop.clone());
     tokio::spawn(async move {
         if let Err(e) = orch_coordinator::serve(c, t).await {
@@ -304,9 +382,12 @@ async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<R
     });
     let mut clients = Vec::new();
     for _ in 0..4 {
-        clients.push(Orchestrator::from_client(async_nats::connect(url).await?));
+        let conn = async_nats::connect(url).await?;
+        connections.push(conn.clone());
+        clients.push(Orchestrator::from_client(conn));
     }
     let echo = async_nats::connect(url).await?;
+    connections.push(echo.clone());
     // Ready: a task goes through.
     let start = Instant::now();
     loop {
@@ -321,6 +402,7 @@ async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<R
         clients,
         echo,
         coordinator,
+        connections,
     })
 }
 
@@ -561,6 +643,24 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
         None,
         "",
     );
+    let (chain, per_task) = messages_per_run(&rig, &payload, &req, 200).await?;
+    let (chain_sent, chain_received) = (chain.sent, chain.received);
+    let (task_sent, task_received) = (per_task.sent, per_task.received);
+    report.summary.push(format!(
+        "messages per floor chain: {chain_sent:.1} sent, {chain_received:.1} received; \
+         per 4-phase task: {task_sent:.1} sent, {task_received:.1} received \
+         (all of the rig's connections, JetStream API calls and acks included)"
+    ));
+    for (key, value) in [
+        ("floor_msgs_sent_per_chain", chain_sent),
+        ("floor_msgs_received_per_chain", chain_received),
+        ("task_msgs_sent", task_sent),
+        ("task_msgs_received", task_received),
+    ] {
+        report
+            .figures
+            .insert(key.into(), json!((value * 10.0).round() / 10.0));
+    }
 
     let mut best: f64 = 0.0;
     let mut best_c = 0;
