@@ -390,9 +390,7 @@ impl Dispatcher {
     /// trace context goes into the request's headers (the worker's span
     /// becomes its child).
     ///
-    /// Not an `async fn`: one copies its arguments into its state a second
-    /// time (as captured, and as moved into the body), and this state is what
-    /// every task holds while it waits on a worker.
+    /// Not an `async fn`: see [the crate docs](crate#what-a-task-in-flight-holds).
     ///
     /// # Errors
     /// Every failure, typed: see [`AttemptError`].

@@ -12,6 +12,18 @@
 //! - [`durable`], [`intake`], [`results`], [`projection`], [`cache`]: the
 //!   JetStream side — durable intake with exactly-once results, stored results,
 //!   shared stats, the result cache.
+//!
+//! # What a task in flight holds
+//!
+//! A coordinator may hold many thousands of tasks waiting on workers, each as
+//! the state of its future: its tokio task, the submit handler, the pipeline,
+//! the phase, the chain and the attempt nested inside one another. So the
+//! functions on that path return an `async` block (`fn f(..) -> impl Future {
+//! async move { .. } }`, with `#[allow(clippy::manual_async_fn)]`) instead of
+//! being `async fn`s: an `async fn` keeps its arguments in its state twice,
+//! as captured and as moved into its body. They also box what only lives until
+//! the first wait (sending, events) and keep long-lived values small; unit
+//! tests pin the size of each of these futures.
 #![forbid(unsafe_code)]
 
 pub mod cache;

@@ -176,7 +176,7 @@ impl Pipeline {
     /// (`action_complete` / `action_failed`) is the caller's to publish, once the
     /// result is where it has to be (see [`crate::service`]).
     ///
-    /// Not an `async fn`, which would keep its arguments twice in this state.
+    /// Not an `async fn`: see [the crate docs](crate#what-a-task-in-flight-holds).
     #[allow(clippy::manual_async_fn)]
     pub fn run(&self, spec: &TaskSpec) -> impl Future<Output = OrchestratedResult> {
         async move {
@@ -266,7 +266,7 @@ impl Pipeline {
     /// A phase of one role (reasoning, verification): announced, the role's
     /// chain run within the phase's time, recorded in `runs`, announced done.
     ///
-    /// Not an `async fn`, which would keep its arguments twice.
+    /// Not an `async fn`: see [the crate docs](crate#what-a-task-in-flight-holds).
     #[allow(clippy::manual_async_fn)]
     fn one_role_phase(
         &self,
@@ -295,7 +295,7 @@ impl Pipeline {
     /// Phase 1: vision ‖ web, each down its own chain, within the phase's
     /// time: announced, run, recorded in `runs`, announced done.
     ///
-    /// Not an `async fn`, which would keep its arguments twice.
+    /// Not an `async fn`: see [the crate docs](crate#what-a-task-in-flight-holds).
     #[allow(clippy::manual_async_fn)]
     fn parallel_phase(
         &self,
@@ -410,9 +410,8 @@ impl Pipeline {
     /// (see [`CoordinatorConfig::hedge`]) that outlasts its rolling p95 also
     /// starts the next slot; the first good answer wins.
     ///
-    /// Not an `async fn`: one keeps its arguments twice (as captured, and as
-    /// moved into the body), and this future, with the attempt inside it, is
-    /// most of what a task waiting on a worker holds.
+    /// This future, with the attempt inside it, is most of what a task waiting
+    /// on a worker holds. Not an `async fn`: see [the crate docs](crate#what-a-task-in-flight-holds).
     #[allow(clippy::manual_async_fn)]
     fn run_chain(
         &self,
@@ -657,8 +656,7 @@ impl Pipeline {
 
     /// One attempt: event, dispatch, validation, and the record of its outcome.
     ///
-    /// Not an `async fn`, which would keep its arguments twice in the state
-    /// every task waiting on a worker holds (see [`Pipeline::run_chain`]).
+    /// Not an `async fn`: see [the crate docs](crate#what-a-task-in-flight-holds).
     #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
     fn attempt(
         &self,

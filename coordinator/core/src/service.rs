@@ -236,9 +236,7 @@ impl Coordinator {
     /// Runs a task (or serves it from the cache) and records its stats when
     /// they are local. Does not publish the final event.
     ///
-    /// The spec comes boxed, and this is not an `async fn` (which keeps its
-    /// arguments twice, as captured and as moved into the body): this state
-    /// is what every task waiting on a worker holds.
+    /// The spec comes boxed. Not an `async fn`: see [the crate docs](crate#what-a-task-in-flight-holds).
     #[allow(clippy::manual_async_fn)]
     fn run(&self, spec: Box<TaskSpec>) -> impl Future<Output = OrchestratedResult> + Send {
         async move {
@@ -540,8 +538,7 @@ impl Coordinator {
 
     /// Serves one submit. The request comes boxed and the task's state is
     /// boxed before the long wait: this future, in its tokio task, is what
-    /// every task in flight holds. Not an `async fn`, which would keep its
-    /// arguments twice (as captured, and as moved into the body).
+    /// every task in flight holds. Not an `async fn`: see [the crate docs](crate#what-a-task-in-flight-holds).
     #[allow(clippy::manual_async_fn)]
     fn handle_submit(
         self: Arc<Self>,
