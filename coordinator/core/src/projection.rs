@@ -118,6 +118,7 @@ pub async fn start(
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subjects: final_event_subjects(),
             max_expires: orch_shared::subjects::FOLLOW_MAX_EXPIRES,
+            max_batch: 64,
             deliver_policy: if start_seq == 0 {
                 DeliverPolicy::All
             } else {
