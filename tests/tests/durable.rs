@@ -542,6 +542,117 @@ async fn stats_are_the_same_from_every_coordinator_and_survive_restarts() {
     assert_eq!(strip(fourth.stats()), a);
 }
 
+/// Failed tasks (`action_failed`) count as well as completed ones, each kind
+/// read by a consumer of its own: a client sees its own task of either kind in
+/// the very next stats it asks for, a coordinator without a snapshot replays
+/// both kinds, and a snapshot an earlier version wrote (one sequence for both
+/// kinds, under the old key) is where a new coordinator starts from.
+#[tokio::test]
+async fn failed_and_completed_tasks_count_and_an_old_snapshot_is_honoured() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    // A reasoner that takes 300 ms: a task allowing reasoning 100 ms fails
+    // (`action_failed`), one with the default time completes with a plan.
+    let mut fleet = Fleet::start(
+        &url,
+        CoordinatorConfig::default(),
+        vec![
+            WorkerSpec::sim(Role::Reasoner, "chatgpt")
+                .with(|s| s.latency = Duration::from_millis(300)),
+        ],
+    )
+    .await;
+    for i in 0..6 {
+        let mut req = reasoner_only(&format!("task {i}"), &format!("k{i}"));
+        if i % 2 == 1 {
+            req.timeouts = Some(orch_shared::wire::Timeouts {
+                reasoning_ms: Some(100),
+                ..Default::default()
+            });
+        }
+        let result = within(T, "execute", fleet.orch.execute(&req))
+            .await
+            .unwrap();
+        assert_eq!(result.primary_answer.is_none(), i % 2 == 1, "task {i}");
+        // Read-your-writes: asked right after the answer, no waiting.
+        let stats = within(T, "stats", fleet.orch.stats()).await.unwrap();
+        assert_eq!(stats.total_executions, i + 1, "stats after task {i}");
+    }
+    let stats = fleet.coordinator.stats();
+    assert_eq!(stats.success_rate, 0.5, "{stats:?}");
+    fleet.stop_coordinator().await;
+
+    let client = nats.connect().await;
+    let js = jetstream::new(client.clone());
+    let bucket = js.get_key_value(subjects::KV_STATS).await.unwrap();
+    let snapshot = bucket
+        .get(orch_coordinator::projection::SNAPSHOT_KEY)
+        .await
+        .unwrap()
+        .expect("the stopped coordinator saved its snapshot");
+    let saved: serde_json::Value = serde_json::from_slice(&snapshot).unwrap();
+    assert_eq!(saved["stats"]["total"], 6, "{saved}");
+
+    // No snapshot: both kinds replayed from the stream.
+    bucket
+        .delete(orch_coordinator::projection::SNAPSHOT_KEY)
+        .await
+        .unwrap();
+    let replayed = Coordinator::start(nats.connect().await, CoordinatorConfig::default())
+        .await
+        .unwrap();
+    let strip = |mut s: orch_shared::wire::StatsReport| {
+        s.in_flight = 0;
+        s
+    };
+    assert_eq!(strip(replayed.stats()), strip(stats.clone()));
+    replayed.shutdown();
+
+    // An earlier version's snapshot: every final event up to `seq` is in its
+    // stats, here made-up ones (7 tasks), so what is replayed shows.
+    let last_seq = js
+        .get_stream(subjects::STREAM_EVENTS)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    let made_up = orch_coordinator::stats::Stats::default();
+    for _ in 0..7 {
+        made_up.apply(&orch_coordinator::stats::StatsDelta {
+            succeeded: true,
+            confidence: 0.9,
+            execution_time_ms: 5.0,
+            conflicts: 0,
+            fallbacks: 0,
+            model_usage: BTreeMap::new(),
+            latency_ms: vec![("task".into(), 5.0)],
+            cached: false,
+        });
+    }
+    let legacy = serde_json::json!({ "seq": last_seq, "stats": made_up.state() });
+    bucket
+        .delete(orch_coordinator::projection::SNAPSHOT_KEY)
+        .await
+        .unwrap();
+    bucket
+        .put(
+            orch_coordinator::projection::LEGACY_SNAPSHOT_KEY,
+            serde_json::to_vec(&legacy).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let resumed = Coordinator::start(nats.connect().await, CoordinatorConfig::default())
+        .await
+        .unwrap();
+    let report = resumed.stats();
+    assert_eq!(report.total_executions, 7, "{report:?}");
+    assert_eq!(report.success_rate, 1.0, "{report:?}");
+    resumed.shutdown();
+}
+
 fn coordinator_proc(url: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
         "--nats-url",

@@ -49,7 +49,9 @@ const FINAL_EVENT_FIRST_RETRY: Duration = Duration::from_millis(250);
 #[derive(Default)]
 struct Finals {
     pending: std::sync::atomic::AtomicUsize,
-    last_seq: std::sync::atomic::AtomicU64,
+    /// Per final kind (see [`crate::projection::FINAL_KINDS`]): the highest
+    /// sequence of one this coordinator published.
+    last_seq: [std::sync::atomic::AtomicU64; crate::projection::FINAL_KINDS.len()],
     changed: tokio::sync::Notify,
 }
 
@@ -330,7 +332,9 @@ impl Coordinator {
                 };
                 match outcome {
                     Ok(ack) if !ack.duplicate => {
-                        finals.last_seq.fetch_max(ack.sequence, Ordering::SeqCst);
+                        if let Some(k) = crate::projection::final_kind_index(kind) {
+                            finals.last_seq[k].fetch_max(ack.sequence, Ordering::SeqCst);
+                        }
                     }
                     Ok(_) => tracing::debug!(task_id = %id, "final event was a duplicate; kept the first"),
                     Err(e) if tokio::time::Instant::now() + delay < give_up => {
@@ -365,15 +369,23 @@ impl Coordinator {
             let finals_changed = self.finals.changed.notified();
             let applied_changed = self.progress.changed.notified();
             let pending = self.finals.pending.load(Ordering::SeqCst);
-            let wanted = self.finals.last_seq.load(Ordering::SeqCst);
-            if pending == 0 && self.progress.applied.load(Ordering::SeqCst) >= wanted {
+            let wanted = self
+                .finals
+                .last_seq
+                .each_ref()
+                .map(|s| s.load(Ordering::SeqCst));
+            let applied = wanted
+                .iter()
+                .enumerate()
+                .all(|(kind, seq)| self.progress.covers(kind, *seq));
+            if pending == 0 && applied {
                 return;
             }
             tokio::select! {
                 () = finals_changed => {}
                 () = applied_changed => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    tracing::debug!(pending, wanted, "stats answered before the projection caught up");
+                    tracing::debug!(pending, ?wanted, "stats answered before the projection caught up");
                     return;
                 }
             }
