@@ -175,10 +175,12 @@ pub async fn start(
         }
     }
     let from = seqs;
+    // The stream exists (set up with the rest); only the timeout differs, so
+    // no stream info is fetched again.
     let mut js = durable.js.clone();
     js.set_timeout(API_TIMEOUT);
     let events = js
-        .get_stream(orch_shared::subjects::STREAM_EVENTS)
+        .get_stream_no_info(orch_shared::subjects::STREAM_EVENTS)
         .await
         .map_err(|e| format!("opening the event stream for the stats projection: {e}"))?;
     // Per kind: its consumer's messages, tagged with the kind's index, and
