@@ -223,8 +223,7 @@ pub async fn start(
     {
         match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
             Ok(Some((kind, Ok(m)))) => {
-                seqs[kind] = fold(&stats, &m).unwrap_or(seqs[kind]).max(seqs[kind]);
-                progress.advance(kind, seqs[kind]);
+                fold_into(&stats, &progress, &mut seqs, kind, &m);
                 folded[kind] += 1;
             }
             Ok(Some((_, Err(e)))) => {
@@ -250,10 +249,7 @@ pub async fn start(
                     }
                 }
                 m = messages.next() => match m {
-                    Some((kind, Ok(m))) => {
-                        seqs[kind] = fold(&stats, &m).unwrap_or(seqs[kind]).max(seqs[kind]);
-                        progress.advance(kind, seqs[kind]);
-                    }
+                    Some((kind, Ok(m))) => fold_into(&stats, &progress, &mut seqs, kind, &m),
                     Some((_, Err(e))) => tracing::warn!(error = %e, "stats projection: stream error"),
                     None => break,
                 },
@@ -264,6 +260,19 @@ pub async fn start(
         }
     });
     Ok(())
+}
+
+/// Folds a final event of kind `kind` (an index into [`FINAL_KINDS`]) into
+/// `stats` and moves that kind's sequence and the progress on.
+fn fold_into(
+    stats: &Stats,
+    progress: &Progress,
+    seqs: &mut [u64; FINAL_KINDS.len()],
+    kind: usize,
+    m: &async_nats::jetstream::Message,
+) {
+    seqs[kind] = fold(stats, m).unwrap_or(seqs[kind]).max(seqs[kind]);
+    progress.advance(kind, seqs[kind]);
 }
 
 /// Applies one final event; returns its stream sequence.
