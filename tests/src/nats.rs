@@ -53,12 +53,40 @@ fn server_bin() -> PathBuf {
     .clone()
 }
 
-/// Picks a free TCP port on loopback (the OS may hand it out again, so use it promptly).
+/// Picks a TCP port on loopback that is free now and that nothing else will
+/// be handed in the meantime: it comes from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), which `bind(0)` — every test server
+/// started with `-p -1` — and outgoing connections draw from. A port taken
+/// with `bind(0)` and released could go to any of those before its user binds
+/// it (a cluster node then fails at startup with "address already in use").
+/// Ports are handed out in turn from an offset derived from the process id, so
+/// test binaries running at the same time start far apart, and each is checked
+/// with a bind before it is returned.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_range_start().clamp(LOW + 1_000, 65_535);
+    let span = high - LOW;
+    let base = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {high}")
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_range_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// How to start a server.
