@@ -236,6 +236,66 @@ async fn a_hung_slot_gets_only_its_share_of_the_phase() {
 }
 
 #[tokio::test]
+async fn slots_left_when_the_phase_runs_out_are_recorded_as_skipped() {
+    // A 1 ms reasoning phase: the hung primary gets the whole millisecond (an
+    // attempt's budget is at least 1 ms), so when it times out nothing is left
+    // for the two fallbacks, which would have answered at once.
+    let nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![
+            WorkerSpec::sim(Role::Reasoner, "kimi_k2").with(|s| s.hang = true),
+            WorkerSpec::sim(Role::Reasoner, "chatgpt"),
+            WorkerSpec::sim(Role::Reasoner, "local"),
+        ],
+    )
+    .await;
+    let mut req = SubmitRequest::new("plan something");
+    req.tools = Some(vec!["reasoner".into()]);
+    req.timeouts = Some(Timeouts {
+        reasoning_ms: Some(1),
+        ..Default::default()
+    });
+    let r = run(&fleet, &req).await;
+
+    let outcomes: Vec<(&str, &str, u64)> = r
+        .attempts
+        .iter()
+        .map(|a| (a.slot.as_str(), a.outcome.as_str(), a.budget_ms))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("kimi_k2", "timed_out", 1),
+            ("chatgpt", "skipped", 0),
+            ("local", "skipped", 0)
+        ],
+        "{:?}",
+        r.attempts
+    );
+    for skipped in &r.attempts[1..] {
+        assert_eq!(
+            skipped.error.as_deref(),
+            Some("phase time limit reached before this slot was tried")
+        );
+        assert_eq!(skipped.latency_ms, 0.0);
+    }
+    // Only the attempt that ran is a fallback; the role's error is its error.
+    assert_eq!(
+        r.fallback_chain,
+        vec!["reasoner/kimi_k2: timed out after 1 ms"]
+    );
+    let m = &r.model_results[&Role::Reasoner];
+    assert!(!m.success);
+    assert_eq!(m.slot.as_str(), "kimi_k2");
+    assert_eq!(m.error_code, Some(ErrorCode::TimedOut));
+    assert!(r.primary_answer.is_none());
+    assert_eq!(r.confidence, 0.0);
+    assert_eq!(r.models_used, Vec::<String>::new(), "{:?}", r.models_used);
+}
+
+#[tokio::test]
 async fn a_task_still_running_at_the_drain_deadline_is_cancelled_and_answered() {
     let nats = NatsServer::start();
     let config = CoordinatorConfig {
