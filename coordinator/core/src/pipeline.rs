@@ -446,7 +446,10 @@ impl Pipeline {
                                 let now = Instant::now();
                                 let remaining = deadline.saturating_duration_since(now);
                                 if remaining.is_zero() {
-                                    run.skipped(role, &round[i..], offset(now));
+                                    // A slot whose retry is skipped was tried: its
+                                    // failure is already recorded.
+                                    let untried = i + usize::from(retried);
+                                    run.skipped(role, &round[untried..], offset(now));
                                     return self.failed(role, last_slot, run, role_started, offset);
                                 }
                                 carve(remaining, round.len() - i)
