@@ -538,6 +538,66 @@ async fn stats_are_the_same_from_every_coordinator_and_survive_restarts() {
     assert_eq!(without_in_flight(fourth.stats()), a);
 }
 
+/// After a server restart (kill -9, same store) a running coordinator's
+/// stats projection follows the event stream again within seconds: its
+/// ordered consumers (in memory on the server) are gone, and it creates them
+/// again from the last sequence it folded in as soon as it has reconnected.
+/// Left to async-nats, the first pull after the reconnect waits for six
+/// `info` requests on the lost consumers and 15 s of backoff.
+#[tokio::test]
+async fn stats_follow_the_event_stream_again_soon_after_a_server_restart() {
+    let mut nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![WorkerSpec::sim(Role::Reasoner, "chatgpt")],
+    )
+    .await;
+    within(
+        T,
+        "first task",
+        fleet
+            .orch
+            .execute(&reasoner_only("before", "before-restart")),
+    )
+    .await
+    .unwrap();
+    eventually(T, "the first task counted", || async {
+        (fleet.coordinator.stats().total_executions == 1).then_some(())
+    })
+    .await;
+
+    nats.restart();
+    // The client, the coordinator and the worker reconnect by themselves; a
+    // request sent before the coordinator has subscribed again is lost, so
+    // wait for it to answer first.
+    eventually(T, "the coordinator answering after the restart", || async {
+        tokio::time::timeout(Duration::from_secs(1), fleet.orch.stats())
+            .await
+            .ok()?
+            .ok()
+    })
+    .await;
+    within(
+        T,
+        "a task after the restart",
+        fleet.orch.execute(&reasoner_only("after", "after-restart")),
+    )
+    .await
+    .unwrap();
+    // Seconds, not the 15 s and more of async-nats' own recovery; a margin
+    // for a slow machine, so this fails only when that recovery is back.
+    eventually(
+        Duration::from_secs(8),
+        "the task after the restart counted",
+        || async { (fleet.coordinator.stats().total_executions == 2).then_some(()) },
+    )
+    .await;
+    // Counted once: a second look after the next snapshot interval.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fleet.coordinator.stats().total_executions, 2);
+}
+
 /// Failed tasks (`action_failed`) count as well as completed ones, each kind
 /// read by a consumer of its own: a client sees its own task of either kind in
 /// the very next stats it asks for, a coordinator without a snapshot replays

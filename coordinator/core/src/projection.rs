@@ -32,12 +32,13 @@ pub const SNAPSHOT_KEY: &str = "projection.by-kind";
 pub const LEGACY_SNAPSHOT_KEY: &str = "projection";
 /// How often a coordinator that is ahead refreshes the snapshot.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
-/// JetStream API timeout of the projection's consumers. When the client
-/// reconnects, async-nats checks a consumer with up to six `info` requests
-/// (15 s of backoff between them) before it pulls again; when the consumer
-/// was on a node that died, each request waits for this timeout. With the
-/// default 10 s the shared stats stalled for ~75 s in the 3-node cluster
-/// drill, with 3 s for ~33 s. Creating a consumer takes well under a second.
+/// JetStream API timeout of the projection's requests (creating and reading
+/// its consumers): while a cluster elects a new leader for the event stream
+/// after losing a node, requests go unanswered, and each waits this long
+/// before [`start`]'s follow loop tries again. Creating a consumer takes well
+/// under a second. (It also bounds async-nats' own check of a consumer after a
+/// reconnect, six requests: ~75 s of stalled stats with the default 10 s, when
+/// that check was what recovered the projection.)
 const API_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The final event kinds, each read by its own consumer; an index into this
@@ -154,37 +155,24 @@ async fn save_snapshot(store: &kv::Store, stats: &Stats, seqs: [u64; FINAL_KINDS
     }
 }
 
-/// Loads the snapshot into `stats` and follows the event stream until `stop`.
-/// Returns once the initial catch-up is done (the follow loop runs on `tracker`).
-///
-/// # Errors
-/// When a consumer cannot be created.
-pub async fn start(
-    durable: &Durable,
-    stats: Arc<Stats>,
-    progress: Arc<Progress>,
-    tracker: &tokio_util::task::TaskTracker,
-    stop: CancellationToken,
-) -> Result<(), String> {
-    let mut seqs = [0; FINAL_KINDS.len()];
-    if let Some(snap) = starting_snapshot(&durable.stats).await {
-        stats.restore(&snap.stats);
-        seqs = snap.seqs;
-        for (kind, seq) in seqs.iter().enumerate() {
-            progress.advance(kind, *seq);
-        }
-    }
-    let from = seqs;
-    // The stream exists (set up with the rest); only the timeout differs, so
-    // no stream info is fetched again.
-    let mut js = durable.js.clone();
-    js.set_timeout(API_TIMEOUT);
-    let events = js
-        .get_stream_no_info(orch_shared::subjects::STREAM_EVENTS)
-        .await
-        .map_err(|e| format!("opening the event stream for the stats projection: {e}"))?;
-    // Per kind: its consumer's messages, tagged with the kind's index, and
-    // how many there are to catch up on (so the first stats answer is complete).
+/// Every final kind's messages, tagged with the kind's index.
+type Merged = futures::stream::SelectAll<
+    futures::stream::BoxStream<
+        'static,
+        (
+            usize,
+            Result<async_nats::jetstream::Message, consumer::pull::OrderedError>,
+        ),
+    >,
+>;
+
+/// Opens one ordered consumer per final kind, each from the event after
+/// `seqs[kind]`. Returns their merged messages and, per kind, how many there
+/// are to catch up on.
+async fn open(
+    events: &async_nats::jetstream::stream::Stream<()>,
+    seqs: [u64; FINAL_KINDS.len()],
+) -> Result<(Merged, [u64; FINAL_KINDS.len()]), String> {
     let mut streams = Vec::with_capacity(FINAL_KINDS.len());
     let mut backlog = [0; FINAL_KINDS.len()];
     for (i, kind) in FINAL_KINDS.into_iter().enumerate() {
@@ -213,9 +201,81 @@ pub async fn start(
             .messages()
             .await
             .map_err(|e| format!("following the event stream: {e}"))?;
-        streams.push(messages.map(move |m| (i, m)));
+        streams.push(messages.map(move |m| (i, m)).boxed());
     }
-    let mut messages = futures::stream::select_all(streams);
+    Ok((futures::stream::select_all(streams), backlog))
+}
+
+/// Opens the consumers again (see [`open`]) until that works or `stop`;
+/// `None` on `stop`. Waits 0.5 s after a failure, then up to 4 s: while a
+/// cluster elects a new leader for the stream, creating a consumer fails.
+async fn reopen(
+    events: &async_nats::jetstream::stream::Stream<()>,
+    seqs: [u64; FINAL_KINDS.len()],
+    stop: &CancellationToken,
+) -> Option<Merged> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match open(events, seqs).await {
+            Ok((messages, _)) => {
+                tracing::info!(?seqs, "stats projection: following the event stream again");
+                return Some(messages);
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "stats projection"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(4));
+    }
+}
+
+/// How often the follow loop checks whether the connection was re-established.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+
+/// Loads the snapshot into `stats` and follows the event stream until `stop`.
+/// Returns once the initial catch-up is done (the follow loop runs on `tracker`).
+///
+/// The follow loop recovers on its own instead of leaving it to async-nats'
+/// ordered consumers: after the connection is re-established (a server
+/// restart, or the NATS node this coordinator was connected to lost) and
+/// after any error of a consumer (its node lost: missed heartbeats), it
+/// creates both consumers again from the last sequence folded in, retrying
+/// every 0.5 to 4 s. async-nats would first check the old consumer with six
+/// `info` requests and 15 s of backoff (after a server restart that lost
+/// it, or a node loss, none answer), and recreate with backoff of up to 10 s.
+///
+/// # Errors
+/// When a consumer cannot be created.
+pub async fn start(
+    durable: &Durable,
+    stats: Arc<Stats>,
+    progress: Arc<Progress>,
+    tracker: &tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let mut seqs = [0; FINAL_KINDS.len()];
+    if let Some(snap) = starting_snapshot(&durable.stats).await {
+        stats.restore(&snap.stats);
+        seqs = snap.seqs;
+        for (kind, seq) in seqs.iter().enumerate() {
+            progress.advance(kind, *seq);
+        }
+    }
+    let from = seqs;
+    // The stream exists (set up with the rest); only the timeout differs, so
+    // no stream info is fetched again.
+    let mut js = durable.js.clone();
+    js.set_timeout(API_TIMEOUT);
+    let events = js
+        .get_stream_no_info(orch_shared::subjects::STREAM_EVENTS)
+        .await
+        .map_err(|e| format!("opening the event stream for the stats projection: {e}"))?;
+    let connection = js.client().statistics();
+    let mut connects = connection.connects.load(Ordering::Relaxed);
+    // The backlog per kind makes the first stats answer complete.
+    let (mut messages, backlog) = open(&events, seqs).await?;
     let started = Instant::now();
     let mut folded = [0; FINAL_KINDS.len()];
     while folded.iter().zip(backlog).any(|(f, b)| *f < b)
@@ -223,8 +283,9 @@ pub async fn start(
     {
         match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
             Ok(Some((kind, Ok(m)))) => {
-                fold_into(&stats, &progress, &mut seqs, kind, &m);
-                folded[kind] += 1;
+                if fold_into(&stats, &progress, &mut seqs, kind, &m) {
+                    folded[kind] += 1;
+                }
             }
             Ok(Some((_, Err(e)))) => {
                 tracing::warn!(error = %e, "stats projection: stream error during catch-up")
@@ -239,20 +300,43 @@ pub async fn start(
         let mut last_saved = seqs;
         let mut ticker = tokio::time::interval(SNAPSHOT_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
+        reconnect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let why = tokio::select! {
                 () = stop.cancelled() => break,
                 _ = ticker.tick() => {
                     if seqs != last_saved {
                         save_snapshot(&store, &stats, seqs).await;
                         last_saved = seqs;
                     }
+                    continue;
+                }
+                _ = reconnect_check.tick() => {
+                    let now = connection.connects.load(Ordering::Relaxed);
+                    if now == connects {
+                        continue;
+                    }
+                    "reconnected to NATS".to_string()
                 }
                 m = messages.next() => match m {
-                    Some((kind, Ok(m))) => fold_into(&stats, &progress, &mut seqs, kind, &m),
-                    Some((_, Err(e))) => tracing::warn!(error = %e, "stats projection: stream error"),
-                    None => break,
+                    Some((kind, Ok(m))) => {
+                        fold_into(&stats, &progress, &mut seqs, kind, &m);
+                        continue;
+                    }
+                    Some((_, Err(e))) => format!("stream error: {e}"),
+                    None => "the consumers ended".to_string(),
                 },
+            };
+            tracing::warn!(reason = %why, ?seqs, "stats projection: creating its consumers again");
+            // The old consumers go (async-nats stops their pulls on drop; the
+            // server removes them once inactive).
+            drop(std::mem::take(&mut messages));
+            // Read before reopening: a reconnect while it runs means once more.
+            connects = connection.connects.load(Ordering::Relaxed);
+            match reopen(&events, seqs, &stop).await {
+                Some(m) => messages = m,
+                None => break,
             }
         }
         if seqs != last_saved {
@@ -263,21 +347,33 @@ pub async fn start(
 }
 
 /// Folds a final event of kind `kind` (an index into [`FINAL_KINDS`]) into
-/// `stats` and moves that kind's sequence and the progress on.
+/// `stats` and moves that kind's sequence and the progress on. An event at or
+/// before the kind's sequence is already in (a consumer created again from a
+/// sequence cannot deliver one, but a count must never double): skipped.
+/// Returns whether it was folded in.
 fn fold_into(
     stats: &Stats,
     progress: &Progress,
     seqs: &mut [u64; FINAL_KINDS.len()],
     kind: usize,
     m: &async_nats::jetstream::Message,
-) {
-    seqs[kind] = fold(stats, m).unwrap_or(seqs[kind]).max(seqs[kind]);
-    progress.advance(kind, seqs[kind]);
+) -> bool {
+    let Ok(info) = m.info() else {
+        tracing::warn!(subject = %m.subject, "final event without JetStream metadata");
+        return false;
+    };
+    let seq = info.stream_sequence;
+    if seq <= seqs[kind] {
+        return false;
+    }
+    fold(stats, m);
+    seqs[kind] = seq;
+    progress.advance(kind, seq);
+    true
 }
 
-/// Applies one final event; returns its stream sequence.
-fn fold(stats: &Stats, m: &async_nats::jetstream::Message) -> Option<u64> {
-    let seq = m.info().ok()?.stream_sequence;
+/// Applies one final event.
+fn fold(stats: &Stats, m: &async_nats::jetstream::Message) {
     match serde_json::from_slice::<Event>(&m.payload) {
         Ok(e) => match serde_json::from_value::<StatsDelta>(e.details["stats"].clone()) {
             Ok(delta) => stats.apply(&delta),
@@ -287,5 +383,4 @@ fn fold(stats: &Stats, m: &async_nats::jetstream::Message) -> Option<u64> {
         },
         Err(err) => tracing::warn!(subject = %m.subject, error = %err, "undecodable final event"),
     }
-    Some(seq)
 }
