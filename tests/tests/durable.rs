@@ -16,7 +16,7 @@ use orch_shared::{Role, subjects};
 use orch_tests::fleet::{Fleet, WorkerSpec};
 use orch_tests::nats::{NatsServer, ServerOptions};
 use orch_tests::process::Proc;
-use orch_tests::tally::{assert_exactly_once, final_events, submit_durable_all};
+use orch_tests::tally::{assert_exactly_once, final_events, stored_result, submit_durable_all};
 use orch_tests::wait::{eventually, within};
 use tokio_util::sync::CancellationToken;
 
@@ -536,6 +536,64 @@ async fn stats_are_the_same_from_every_coordinator_and_survive_restarts() {
     })
     .await;
     assert_eq!(without_in_flight(fourth.stats()), a);
+}
+
+/// A durable task whose result cannot be written when it finishes (here the
+/// bucket's stream stops taking its subjects for a while, as when a cluster
+/// elects a new leader for it after losing a node) keeps the result and writes
+/// it again: stored once the bucket works, and the task is not run a second
+/// time. Giving up at once meant a redelivery two seconds later and the whole
+/// task, worker call included, run again.
+#[tokio::test]
+async fn a_result_that_cannot_be_stored_for_a_while_is_stored_later_not_run_again() {
+    let nats = NatsServer::start();
+    let mut fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![
+            WorkerSpec::sim(Role::Reasoner, "chatgpt").with(|s| s.latency = Duration::from_secs(2)),
+        ],
+    )
+    .await;
+    let js = fleet.orch.jetstream();
+    let kv = js.get_key_value(subjects::KV_RESULTS).await.unwrap();
+    let id = fleet
+        .orch
+        .submit_durable(&reasoner_only("stored later", "stored-later"))
+        .await
+        .unwrap();
+    // The run has begun once its pending marker is in the bucket.
+    eventually(T, "the pending marker", || async {
+        kv.get(id.as_str()).await.ok()?.map(|_| ())
+    })
+    .await;
+    let stream_name = format!("KV_{}", subjects::KV_RESULTS);
+    let mut stream = js.get_stream(&stream_name).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    js.update_stream(async_nats::jetstream::stream::Config {
+        subjects: vec!["orch-test-paused.>".into()],
+        ..config.clone()
+    })
+    .await
+    .unwrap();
+    // The worker answers 2 s after the start; writes fail for a second or more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        stored_result(&fleet.orch, &id).await.is_none(),
+        "stored while the bucket took no writes"
+    );
+    js.update_stream(config).await.unwrap();
+
+    let r = within(T, "the result", fleet.orch.wait_result(&id, T))
+        .await
+        .unwrap();
+    assert!(r.succeeded(), "{r:?}");
+    let stored = eventually(T, "the stored result", || stored_result(&fleet.orch, &id)).await;
+    assert_eq!(stored.task_id, id.as_str());
+    // Past the 2 s redelivery a give-up would have asked for, and its run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = fleet.workers.remove(0).stop().await;
+    assert_eq!(report.completed, 1, "the task ran again: {report:?}");
 }
 
 /// After a server restart (kill -9, same store) a running coordinator's

@@ -45,6 +45,15 @@ const FINAL_EVENT_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Pause before the first republish of an unacknowledged final event (doubling to 2 s).
 const FINAL_EVENT_FIRST_RETRY: Duration = Duration::from_millis(250);
 
+/// Longest a finished durable task's result is written again while the
+/// results bucket fails (a cluster electing a new leader for it after losing a
+/// node takes seconds). Writing it again is far cheaper than what giving up
+/// costs: the task is redelivered and run again, workers and models included.
+/// The task's progress acknowledgements keep it from being redelivered meanwhile.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(15);
+/// Pause before the first retry of a failed result write (doubling to 2 s).
+const STORE_FIRST_RETRY: Duration = Duration::from_millis(100);
+
 /// Outstanding final-event acknowledgements.
 #[derive(Default)]
 struct Finals {
@@ -494,11 +503,32 @@ impl Coordinator {
         result: OrchestratedResult,
         pending_revision: Option<u64>,
     ) -> Result<(), String> {
-        match store
-            .finish(&result, pending_revision)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        let started = tokio::time::Instant::now();
+        let mut delay = STORE_FIRST_RETRY;
+        let mut failures = 0u32;
+        let finished = loop {
+            match store.finish(&result, pending_revision).await {
+                Ok(f) => {
+                    if failures > 0 {
+                        tracing::info!(task_id = %result.task_id, failures, waited = ?started.elapsed(), "durable task's result stored after retrying");
+                    }
+                    break f;
+                }
+                Err(e) if started.elapsed() + delay < STORE_RETRY_FOR => {
+                    // One warning per task; the retries themselves at debug.
+                    if failures == 0 {
+                        tracing::warn!(task_id = %result.task_id, error = %e, retry_for = ?STORE_RETRY_FOR, "storing a durable task's result failed; retrying");
+                    } else {
+                        tracing::debug!(task_id = %result.task_id, error = %e, retry_in = ?delay, "storing a durable task's result failed again");
+                    }
+                    failures += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        match finished {
             Finish::Stored => {
                 self.finish_event(&result).await;
                 store.announce(&result).await;
