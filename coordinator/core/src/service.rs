@@ -54,6 +54,42 @@ const STORE_RETRY_FOR: Duration = Duration::from_secs(15);
 /// Pause before the first retry of a failed result write (doubling to 2 s).
 const STORE_FIRST_RETRY: Duration = Duration::from_millis(100);
 
+/// Pauses between the attempts of a write worth retrying for a while (a
+/// final event, a durable result): `first`, doubling up to 2 s, as long as
+/// the next attempt starts before `retry_for` has passed since the first.
+struct Backoff {
+    give_up: tokio::time::Instant,
+    delay: Duration,
+    retries: u32,
+}
+
+impl Backoff {
+    fn new(first: Duration, retry_for: Duration) -> Backoff {
+        Backoff {
+            give_up: tokio::time::Instant::now() + retry_for,
+            delay: first,
+            retries: 0,
+        }
+    }
+
+    /// Whether there is time for another attempt after the next pause.
+    fn may_retry(&self) -> bool {
+        tokio::time::Instant::now() + self.delay < self.give_up
+    }
+
+    /// Retries so far: a caller warns on the first failure, not on every one.
+    fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// Sleeps the next pause.
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+        self.retries += 1;
+    }
+}
+
 /// Outstanding final-event acknowledgements.
 #[derive(Default)]
 struct Finals {
@@ -331,8 +367,7 @@ impl Coordinator {
         let finals = self.finals.clone();
         finals.pending.fetch_add(1, Ordering::SeqCst);
         self.background.spawn(async move {
-            let give_up = tokio::time::Instant::now() + retry_for;
-            let mut delay = FINAL_EVENT_FIRST_RETRY;
+            let mut backoff = Backoff::new(FINAL_EVENT_FIRST_RETRY, retry_for);
             let mut ack = Some(ack);
             loop {
                 let outcome = match ack.take() {
@@ -346,14 +381,13 @@ impl Coordinator {
                         }
                     }
                     Ok(_) => tracing::debug!(task_id = %id, "final event was a duplicate; kept the first"),
-                    Err(e) if tokio::time::Instant::now() + delay < give_up => {
-                        if delay == FINAL_EVENT_FIRST_RETRY {
+                    Err(e) if backoff.may_retry() => {
+                        if backoff.retries() == 0 {
                             tracing::warn!(task_id = %id, error = %e, "final event not acknowledged by the event stream; publishing it again");
                         } else {
                             tracing::debug!(task_id = %id, error = %e, "final event still not acknowledged; publishing it again");
                         }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
+                        backoff.pause().await;
                         // The same message: its time, trace context and id.
                         ack = events.publish_final(&event).await;
                         continue;
@@ -503,27 +537,23 @@ impl Coordinator {
         result: OrchestratedResult,
         pending_revision: Option<u64>,
     ) -> Result<(), String> {
-        let started = tokio::time::Instant::now();
-        let mut delay = STORE_FIRST_RETRY;
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(STORE_FIRST_RETRY, STORE_RETRY_FOR);
         let finished = loop {
             match store.finish(&result, pending_revision).await {
                 Ok(f) => {
-                    if failures > 0 {
-                        tracing::info!(task_id = %result.task_id, failures, waited = ?started.elapsed(), "durable task's result stored after retrying");
+                    if backoff.retries() > 0 {
+                        tracing::info!(task_id = %result.task_id, retries = backoff.retries(), "durable task's result stored after retrying");
                     }
                     break f;
                 }
-                Err(e) if started.elapsed() + delay < STORE_RETRY_FOR => {
+                Err(e) if backoff.may_retry() => {
                     // One warning per task; the retries themselves at debug.
-                    if failures == 0 {
+                    if backoff.retries() == 0 {
                         tracing::warn!(task_id = %result.task_id, error = %e, retry_for = ?STORE_RETRY_FOR, "storing a durable task's result failed; retrying");
                     } else {
-                        tracing::debug!(task_id = %result.task_id, error = %e, retry_in = ?delay, "storing a durable task's result failed again");
+                        tracing::debug!(task_id = %result.task_id, error = %e, "storing a durable task's result failed again");
                     }
-                    failures += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    backoff.pause().await;
                 }
                 Err(e) => return Err(e.to_string()),
             }
