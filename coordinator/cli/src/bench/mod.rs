@@ -280,6 +280,17 @@ struct Traffic {
     received: u64,
 }
 
+impl Traffic {
+    /// Per run, of `runs` runs between `before` and `self`.
+    fn per_run_since(self, before: Traffic, runs: u32) -> PerRun {
+        let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / f64::from(runs.max(1));
+        PerRun {
+            sent: per(self.sent, before.sent),
+            received: per(self.received, before.received),
+        }
+    }
+}
+
 /// Messages per floor chain and per 4-phase task: `n` of each, one at a
 /// time, the counters read once the rig is quiet (a task's result is stored
 /// after its reply).
@@ -306,17 +317,6 @@ async fn messages_per_run(
         between.per_run_since(start, n),
         end.per_run_since(between, n),
     ))
-}
-
-impl Traffic {
-    /// Per run, of `runs` runs between `before` and `self`.
-    fn per_run_since(self, before: Traffic, runs: u32) -> PerRun {
-        let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / f64::from(runs.max(1));
-        PerRun {
-            sent: per(self.sent, before.sent),
-            received: per(self.received, before.received),
-        }
-    }
 }
 
 /// Messages sent and received per run.
@@ -644,18 +644,17 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
         "",
     );
     let (chain, per_task) = messages_per_run(&rig, &payload, &req, 200).await?;
-    let (chain_sent, chain_received) = (chain.sent, chain.received);
-    let (task_sent, task_received) = (per_task.sent, per_task.received);
     report.summary.push(format!(
-        "messages per floor chain: {chain_sent:.1} sent, {chain_received:.1} received; \
-         per 4-phase task: {task_sent:.1} sent, {task_received:.1} received \
-         (all of the rig's connections, JetStream API calls and acks included)"
+        "messages per floor chain: {:.1} sent, {:.1} received; \
+         per 4-phase task: {:.1} sent, {:.1} received \
+         (all of the rig's connections, JetStream API calls and acks included)",
+        chain.sent, chain.received, per_task.sent, per_task.received
     ));
     for (key, value) in [
-        ("floor_msgs_sent_per_chain", chain_sent),
-        ("floor_msgs_received_per_chain", chain_received),
-        ("task_msgs_sent", task_sent),
-        ("task_msgs_received", task_received),
+        ("floor_msgs_sent_per_chain", chain.sent),
+        ("floor_msgs_received_per_chain", chain.received),
+        ("task_msgs_sent", per_task.sent),
+        ("task_msgs_received", per_task.received),
     ] {
         report
             .figures
