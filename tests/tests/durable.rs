@@ -651,7 +651,8 @@ async fn stats_follow_the_event_stream_again_soon_after_a_server_restart() {
         || async { (fleet.coordinator.stats().total_executions == 2).then_some(()) },
     )
     .await;
-    // Counted once: a second look after the next snapshot interval.
+    // Counted once: a second look half a second later (a consumer created
+    // twice, or from too early a sequence, would deliver the task again).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fleet.coordinator.stats().total_executions, 2);
 }
