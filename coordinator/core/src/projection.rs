@@ -32,8 +32,8 @@ pub const SNAPSHOT_KEY: &str = "projection.by-kind";
 pub const LEGACY_SNAPSHOT_KEY: &str = "projection";
 /// How often a coordinator that is ahead refreshes the snapshot.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
-/// JetStream API timeout of the projection's requests (creating and reading
-/// its consumers): while a cluster elects a new leader for the event stream
+/// JetStream API timeout of the projection's requests (creating its
+/// consumers): while a cluster elects a new leader for the event stream
 /// after losing a node, requests go unanswered, and each waits this long
 /// before [`start`]'s follow loop tries again. Creating a consumer takes well
 /// under a second. (It also bounds async-nats' own check of a consumer after a
@@ -176,7 +176,7 @@ async fn open(
     let mut streams = Vec::with_capacity(FINAL_KINDS.len());
     let mut backlog = [0; FINAL_KINDS.len()];
     for (i, kind) in FINAL_KINDS.into_iter().enumerate() {
-        let mut consumer = events
+        let consumer = events
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: final_event_subject(kind),
                 max_expires: orch_shared::subjects::FOLLOW_MAX_EXPIRES,
@@ -192,11 +192,8 @@ async fn open(
             })
             .await
             .map_err(|e| format!("creating the stats projection consumer: {e}"))?;
-        backlog[i] = consumer
-            .info()
-            .await
-            .map(|info| info.num_pending)
-            .map_err(|e| format!("reading the stats projection consumer: {e}"))?;
+        // As the server answered the creation: no request of its own.
+        backlog[i] = consumer.cached_info().num_pending;
         let messages = consumer
             .messages()
             .await
