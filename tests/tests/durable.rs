@@ -596,6 +596,28 @@ async fn a_result_that_cannot_be_stored_for_a_while_is_stored_later_not_run_agai
     assert_eq!(report.completed, 1, "the task ran again: {report:?}");
 }
 
+/// Restarts the server (kill -9, same store), then runs the reasoner task
+/// `id`. The client, the coordinator and the worker reconnect by themselves;
+/// a request sent before the coordinator has subscribed again is lost, so it
+/// waits for the coordinator to answer first.
+async fn restart_then_run(nats: &mut NatsServer, fleet: &Fleet, id: &str) {
+    nats.restart();
+    eventually(T, "the coordinator answering after the restart", || async {
+        tokio::time::timeout(Duration::from_secs(1), fleet.orch.stats())
+            .await
+            .ok()?
+            .ok()
+    })
+    .await;
+    within(
+        T,
+        "a task after the restart",
+        fleet.orch.execute(&reasoner_only("after", id)),
+    )
+    .await
+    .unwrap();
+}
+
 /// After a server restart (kill -9, same store) a running coordinator's
 /// stats projection follows the event stream again within seconds: its
 /// ordered consumers (in memory on the server) are gone, and it creates them
@@ -625,24 +647,7 @@ async fn stats_follow_the_event_stream_again_soon_after_a_server_restart() {
     })
     .await;
 
-    nats.restart();
-    // The client, the coordinator and the worker reconnect by themselves; a
-    // request sent before the coordinator has subscribed again is lost, so
-    // wait for it to answer first.
-    eventually(T, "the coordinator answering after the restart", || async {
-        tokio::time::timeout(Duration::from_secs(1), fleet.orch.stats())
-            .await
-            .ok()?
-            .ok()
-    })
-    .await;
-    within(
-        T,
-        "a task after the restart",
-        fleet.orch.execute(&reasoner_only("after", "after-restart")),
-    )
-    .await
-    .unwrap();
+    restart_then_run(&mut nats, &fleet, "after-restart").await;
     // Seconds, not the 15 s and more of async-nats' own recovery; a margin
     // for a slow machine, so this fails only when that recovery is back.
     eventually(
@@ -655,6 +660,85 @@ async fn stats_follow_the_event_stream_again_soon_after_a_server_restart() {
     // twice, or from too early a sequence, would deliver the task again).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fleet.coordinator.stats().total_executions, 2);
+}
+
+/// Reads `follow` into `seen` (sequence, task id) up to `id`'s `action_complete`.
+async fn follow_until_done(
+    follow: &mut orch_client::EventReplay,
+    seen: &mut Vec<(u64, String)>,
+    id: &str,
+) {
+    while let Some(next) = follow.next().await {
+        let (seq, e) = next.expect("a follow gives events, not errors");
+        let done = e.task_id == id && e.kind == EventKind::ActionComplete;
+        seen.push((seq, e.task_id));
+        if done {
+            return;
+        }
+    }
+    panic!("the follow ended");
+}
+
+/// A replay following new events (`orch events --follow`) goes on across a
+/// server restart (kill -9, same store): its consumer is created again from
+/// the event after the last one it gave out, so it neither stops with an
+/// error nor stalls, gives nothing twice and nothing from before it started.
+#[tokio::test]
+async fn an_event_follow_goes_on_across_a_server_restart() {
+    let mut nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![WorkerSpec::sim(Role::Reasoner, "chatgpt")],
+    )
+    .await;
+    // Events from before the follow starts are not part of it.
+    within(
+        T,
+        "an earlier task",
+        fleet.orch.execute(&reasoner_only("old", "follow-old")),
+    )
+    .await
+    .unwrap();
+    let mut follow = fleet
+        .orch
+        .replay_events(None, None, ReplayFrom::New)
+        .await
+        .unwrap();
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    within(
+        T,
+        "a task before the restart",
+        fleet
+            .orch
+            .execute(&reasoner_only("before", "follow-before")),
+    )
+    .await
+    .unwrap();
+    within(
+        T,
+        "its events",
+        follow_until_done(&mut follow, &mut seen, "follow-before"),
+    )
+    .await;
+
+    restart_then_run(&mut nats, &fleet, "follow-after").await;
+    // Seconds, not the 15 s and more of async-nats' own recovery.
+    within(
+        Duration::from_secs(8),
+        "its events through the same follow",
+        follow_until_done(&mut follow, &mut seen, "follow-after"),
+    )
+    .await;
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "in stream order, each once: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|(_, id)| id == "follow-before" || id == "follow-after"),
+        "only events from after the follow started: {seen:?}"
+    );
 }
 
 /// Failed tasks (`action_failed`) count as well as completed ones, each kind

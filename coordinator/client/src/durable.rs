@@ -36,9 +36,17 @@ pub enum ReplayFrom {
 /// A replayed event with its stream sequence.
 pub type Sequenced = (u64, Event);
 
-/// Events from the `ORCH_EVENTS` stream, in order.
+/// Events from the `ORCH_EVENTS` stream, in order, each once.
+///
+/// It recovers by itself: after its connection is re-established (a server
+/// restart, the loss of the node it was connected to) or an error of its
+/// consumer, it creates the consumer again from the event after the last one
+/// it gave out, retrying every 0.5 to 4 s (logged at warn) for as long as it
+/// is followed. Left to async-nats' ordered consumer, a follow stalled 15 s
+/// and more after a server restart and yielded errors that ended `orch
+/// events --follow`. Items are `Ok`; the `Result` is kept for callers.
 pub struct EventReplay {
-    inner: consumer::pull::Ordered,
+    inner: futures::stream::BoxStream<'static, Result<Sequenced, ClientError>>,
 }
 
 impl Stream for EventReplay {
@@ -48,25 +56,115 @@ impl Stream for EventReplay {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+/// How often a replay checks whether its connection was re-established.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+
+/// An ordered consumer on `events` for `filter` from `deliver_policy`, and the
+/// stream sequence just before the first event it will deliver (as the
+/// server answered the creation).
+async fn open_replay(
+    events: &jetstream::stream::Stream,
+    filter: &str,
+    deliver_policy: consumer::DeliverPolicy,
+) -> Result<(consumer::pull::Ordered, u64), ClientError> {
+    let consumer = events
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy,
+            max_expires: subjects::FOLLOW_MAX_EXPIRES,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err("creating the replay consumer")(e.to_string()))?;
+    let before = consumer.cached_info().delivered.stream_sequence;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| js_err("replaying events")(e.to_string()))?;
+    Ok((messages, before))
+}
+
+/// What a replay keeps between events (see [`EventReplay`]).
+struct Follow {
+    events: jetstream::stream::Stream,
+    filter: String,
+    /// Stream sequence of the last event given out (or just before the first).
+    last: u64,
+    /// `None` while it has to be created again.
+    messages: Option<consumer::pull::Ordered>,
+    connection: std::sync::Arc<async_nats::Statistics>,
+    connects: u64,
+    check: tokio::time::Interval,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Sequenced {
         loop {
-            return match self.inner.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(m))) => {
-                    let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-                    match serde_json::from_slice::<Event>(&m.payload) {
-                        Ok(e) => Poll::Ready(Some(Ok((seq, e)))),
-                        Err(e) => {
-                            tracing::warn!(seq, error = %e, "skipping undecodable event");
+            let Some(messages) = self.messages.as_mut() else {
+                self.reopen().await;
+                continue;
+            };
+            tokio::select! {
+                biased;
+                m = messages.next() => match m {
+                    Some(Ok(m)) => {
+                        let Ok(seq) = m.info().map(|i| i.stream_sequence) else {
+                            tracing::warn!(subject = %m.subject, "skipping an event without JetStream metadata");
+                            continue;
+                        };
+                        if seq <= self.last {
                             continue;
                         }
+                        self.last = seq;
+                        match serde_json::from_slice::<Event>(&m.payload) {
+                            Ok(e) => return (seq, e),
+                            Err(e) => tracing::warn!(seq, error = %e, "skipping undecodable event"),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "event replay: consumer error; creating it again");
+                        self.messages = None;
+                    }
+                    None => self.messages = None,
+                },
+                _ = self.check.tick() => {
+                    if self.connection.connects.load(std::sync::atomic::Ordering::Relaxed) != self.connects {
+                        tracing::info!(after = self.last, "event replay: reconnected; creating its consumer again");
+                        self.messages = None;
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    Poll::Ready(Some(Err(ClientError::Nats(e.to_string()))))
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+
+    /// Creates the consumer again from the event after `last`, until that works.
+    async fn reopen(&mut self) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            // Read first: a reconnect while this runs means once more.
+            self.connects = self
+                .connection
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let policy = match self.last {
+                0 => consumer::DeliverPolicy::All,
+                last => consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: last + 1,
+                },
             };
+            match open_replay(&self.events, &self.filter, policy).await {
+                Ok((messages, _)) => {
+                    self.messages = Some(messages);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "event replay"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(4));
         }
     }
 }
@@ -244,24 +342,32 @@ impl Orchestrator {
                 start_time: time_from_unix(secs)?,
             },
         };
-        let stream = self
+        let events = self
             .jetstream()
             .get_stream(subjects::STREAM_EVENTS)
             .await
             .map_err(|e| js_err("opening the event stream")(e.to_string()))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter,
-                deliver_policy,
-                max_expires: subjects::FOLLOW_MAX_EXPIRES,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| js_err("creating the replay consumer")(e.to_string()))?;
-        let inner = consumer
-            .messages()
-            .await
-            .map_err(|e| js_err("replaying events")(e.to_string()))?;
+        let connection = self.nats().statistics();
+        let connects = connection
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (messages, last) = open_replay(&events, &filter, deliver_policy).await?;
+        let mut check = tokio::time::interval(RECONNECT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let follow = Follow {
+            events,
+            filter,
+            last,
+            messages: Some(messages),
+            connection,
+            connects,
+            check,
+        };
+        let inner = futures::stream::unfold(follow, |mut f| async move {
+            let next = f.next().await;
+            Some((Ok(next), f))
+        })
+        .boxed();
         Ok(EventReplay { inner })
     }
 }
