@@ -1076,7 +1076,7 @@ async fn a_final_event_is_published_again_unchanged() {
 #[tokio::test]
 async fn a_pending_marker_is_created_once_per_task_id() {
     use orch_coordinator::durable::Durable;
-    use orch_coordinator::results::{Finish, ResultStore, Stored};
+    use orch_coordinator::results::{EncodedResult, Finish, ResultStore, Stored};
 
     let nats = NatsServer::start();
     let client = nats.connect().await;
@@ -1121,7 +1121,9 @@ async fn a_pending_marker_is_created_once_per_task_id() {
         cached: false,
     };
     assert!(matches!(
-        first.finish(&result, Some(revision)).await,
+        first
+            .finish(&EncodedResult::new(&result).unwrap(), Some(revision))
+            .await,
         Ok(Finish::Stored)
     ));
     assert!(matches!(second.start(&id).await, Ok(Stored::Done(_))));

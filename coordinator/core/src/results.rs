@@ -56,6 +56,41 @@ pub enum Finish {
     AlreadyDone(Box<OrchestratedResult>),
 }
 
+/// A result encoded once, as the JSON the bucket stores: the same bytes are
+/// stored, announced and (to a JSON client) sent as the reply.
+#[derive(Debug, Clone)]
+pub struct EncodedResult {
+    id: TaskId,
+    json: Bytes,
+}
+
+impl EncodedResult {
+    /// Encodes `result`.
+    ///
+    /// # Errors
+    /// When its task id is invalid or it cannot be encoded.
+    pub fn new(result: &OrchestratedResult) -> Result<EncodedResult, StoreError> {
+        let id = result
+            .task_id
+            .parse()
+            .map_err(|e| StoreError(format!("{e}")))?;
+        let json = Encoding::Json
+            .encode(result)
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(EncodedResult { id, json })
+    }
+
+    /// The task.
+    pub fn task_id(&self) -> &TaskId {
+        &self.id
+    }
+
+    /// The result as JSON.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+}
+
 /// A results bucket failure.
 #[derive(Debug, thiserror::Error)]
 #[error("results store: {0}")]
@@ -188,14 +223,10 @@ impl ResultStore {
     /// When the bucket cannot be written or read.
     pub async fn finish(
         &self,
-        result: &OrchestratedResult,
+        result: &EncodedResult,
         pending_revision: Option<u64>,
     ) -> Result<Finish, StoreError> {
-        let id: TaskId = result
-            .task_id
-            .parse()
-            .map_err(|e| StoreError(format!("{e}")))?;
-        let bytes = Bytes::from(serde_json::to_vec(result).map_err(|e| StoreError(e.to_string()))?);
+        let (id, bytes) = (result.task_id(), result.json().clone());
         let written = match pending_revision {
             Some(rev) => self
                 .kv
@@ -212,7 +243,7 @@ impl ResultStore {
         };
         match written {
             Ok(()) => Ok(Finish::Stored),
-            Err(write_err) => match self.lookup(&id).await? {
+            Err(write_err) => match self.lookup(id).await? {
                 Stored::Done(other) => Ok(Finish::AlreadyDone(other)),
                 // Another run re-marked it (its marker replaced ours): we lost the race
                 // for the marker but nobody finished; store ours over the newer marker.
@@ -224,23 +255,30 @@ impl ResultStore {
         }
     }
 
+    /// Announces `result` (stored by another run) again: [`ResultStore::announce`].
+    pub async fn announce_again(&self, result: &OrchestratedResult) {
+        match EncodedResult::new(result) {
+            Ok(encoded) => self.announce(&encoded).await,
+            Err(e) => {
+                tracing::warn!(task_id = %result.task_id, error = %e, "encoding a result failed");
+            }
+        }
+    }
+
     /// Announces a stored result on `orch.v1.results.<task_id>` (best effort:
     /// waiters also poll `orch.v1.results.get`).
-    pub async fn announce(&self, result: &OrchestratedResult) {
-        let Ok(id) = result.task_id.parse::<TaskId>() else {
-            return;
-        };
-        match Encoding::Json.encode(result) {
-            Ok(payload) => {
-                if let Err(e) = self
-                    .client
-                    .publish_with_headers(subjects::result(&id), Encoding::Json.headers(), payload)
-                    .await
-                {
-                    tracing::warn!(task_id = %id, error = %e, "announcing a result failed");
-                }
-            }
-            Err(e) => tracing::warn!(task_id = %id, error = %e, "encoding a result failed"),
+    pub async fn announce(&self, result: &EncodedResult) {
+        let id = result.task_id();
+        if let Err(e) = self
+            .client
+            .publish_with_headers(
+                subjects::result(id),
+                Encoding::Json.headers(),
+                result.json().clone(),
+            )
+            .await
+        {
+            tracing::warn!(task_id = %id, error = %e, "announcing a result failed");
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::dispatch::Dispatcher;
 use crate::durable::{Durable, SetupError};
 use crate::events::{EventSink, final_event};
 use crate::pipeline::{Pipeline, TaskSpec};
-use crate::results::{Finish, ResultStore, Stored};
+use crate::results::{EncodedResult, Finish, ResultStore, Stored};
 use crate::stats::{Stats, StatsDelta};
 
 /// Longest a stats request waits for this coordinator's own final events to be folded in.
@@ -473,15 +473,26 @@ impl Coordinator {
         self.check_refs(&spec).await?;
         let (result, pending) = Box::pin(self.run_marked(Box::new(spec))).await;
         self.finish_event(&result).await;
-        self.store(&result, pending).await;
+        self.store(&result, None, pending).await;
         Ok(result)
     }
 
-    async fn store(&self, result: &OrchestratedResult, pending_revision: Option<u64>) {
+    /// Stores a request/reply task's result (when JetStream is on) and
+    /// announces it; `encoded` is its JSON when the caller has it already.
+    async fn store(
+        &self,
+        result: &OrchestratedResult,
+        encoded: Option<EncodedResult>,
+        pending_revision: Option<u64>,
+    ) {
         let Some(store) = &self.results else { return };
-        match store.finish(result, pending_revision).await {
-            Ok(Finish::Stored) => store.announce(result).await,
-            Ok(Finish::AlreadyDone(_)) => {
+        let outcome = match encoded.map_or_else(|| EncodedResult::new(result), Ok) {
+            Ok(encoded) => (store.finish(&encoded, pending_revision).await).map(|f| (f, encoded)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((Finish::Stored, encoded)) => store.announce(&encoded).await,
+            Ok((Finish::AlreadyDone(_), _)) => {
                 tracing::warn!(task_id = %result.task_id, "a result for this task id was already stored; kept the first");
             }
             Err(e) => {
@@ -509,7 +520,7 @@ impl Coordinator {
             Stored::Done(existing) => {
                 tracing::info!(task_id = %id, deliveries, "redelivered task already finished; acknowledging");
                 Box::pin(self.ensure_final_event(&existing)).await;
-                Box::pin(store.announce(&existing)).await;
+                Box::pin(store.announce_again(&existing)).await;
                 return Ok(());
             }
             Stored::Pending { revision, marker } => {
@@ -537,9 +548,10 @@ impl Coordinator {
         result: OrchestratedResult,
         pending_revision: Option<u64>,
     ) -> Result<(), String> {
+        let encoded = EncodedResult::new(&result).map_err(|e| e.to_string())?;
         let mut backoff = Backoff::new(STORE_FIRST_RETRY, STORE_RETRY_FOR);
         let finished = loop {
-            match store.finish(&result, pending_revision).await {
+            match store.finish(&encoded, pending_revision).await {
                 Ok(f) => {
                     if backoff.retries() > 0 {
                         tracing::info!(task_id = %result.task_id, retries = backoff.retries(), "durable task's result stored after retrying");
@@ -561,7 +573,7 @@ impl Coordinator {
         match finished {
             Finish::Stored => {
                 self.finish_event(&result).await;
-                store.announce(&result).await;
+                store.announce(&encoded).await;
             }
             Finish::AlreadyDone(existing) => {
                 tracing::info!(task_id = %result.task_id, "another coordinator finished this task first; its result stands");
@@ -666,15 +678,23 @@ impl Coordinator {
         pending_revision: Option<u64>,
     ) {
         Box::pin(self.finish_event(&result)).await;
+        // One JSON encoding is the stored entry, the announcement and a JSON reply.
+        let json = (self.results.is_some() || enc == Encoding::Json)
+            .then(|| EncodedResult::new(&result).ok())
+            .flatten();
+        let reply = match (&json, enc) {
+            (Some(json), Encoding::Json) => Ok(json.json().clone()),
+            _ => enc.encode(&result),
+        };
         // Reply first: storing the result is for later readers, not this caller.
-        match enc.encode(&result) {
+        match reply {
             Ok(payload) => Box::pin(respond(request, enc.headers(), payload)).await,
             Err(e) => {
                 let body = ErrorBody::new(ErrorCode::Internal, format!("encoding the result: {e}"));
                 Box::pin(reply_error(request, enc, &body)).await;
             }
         }
-        Box::pin(self.store(&result, pending_revision)).await;
+        Box::pin(self.store(&result, json, pending_revision)).await;
     }
 
     async fn handle_results_get(&self, request: service::Request) {
