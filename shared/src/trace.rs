@@ -37,7 +37,11 @@ struct NatsInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for NatsInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        // The propagator writes `tracestate` even when it is empty; W3C trace
+        // context leaves an empty one out (one header less on every message).
+        if !value.is_empty() {
+            self.0.insert(key, value.as_str());
+        }
     }
 }
 
@@ -67,6 +71,9 @@ struct HttpInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HttpInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(key.as_bytes()),
             http::HeaderValue::from_str(&value),
@@ -541,6 +548,35 @@ mod tests {
         let mut out = HeaderMap::new();
         prop.inject_context(&cx, &mut NatsInjector(&mut out));
         assert_eq!(out.get(TRACEPARENT).map(|v| v.as_str()), Some(PARENT));
+        assert!(
+            out.get("tracestate").is_none(),
+            "an empty tracestate is left out"
+        );
+
+        // A caller's vendor entries go on, to NATS and to HTTP.
+        h.insert("tracestate", "vendor=abc");
+        let cx = prop.extract(&NatsExtractor(&h));
+        let mut out = HeaderMap::new();
+        prop.inject_context(&cx, &mut NatsInjector(&mut out));
+        assert_eq!(
+            out.get("tracestate").map(|v| v.as_str()),
+            Some("vendor=abc")
+        );
+        let mut http_out = http::HeaderMap::new();
+        prop.inject_context(&cx, &mut HttpInjector(&mut http_out));
+        assert_eq!(
+            http_out.get("tracestate").and_then(|v| v.to_str().ok()),
+            Some("vendor=abc")
+        );
+        assert!(http_out.get(TRACEPARENT).is_some());
+        let empty = prop.extract(&NatsExtractor(&{
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT, PARENT);
+            h
+        }));
+        let mut http_out = http::HeaderMap::new();
+        prop.inject_context(&empty, &mut HttpInjector(&mut http_out));
+        assert!(http_out.get("tracestate").is_none());
     }
 
     #[test]
@@ -606,6 +642,10 @@ mod tests {
                 );
                 let mut out = HeaderMap::new();
                 inject(&mut out);
+                assert!(
+                    out.get("tracestate").is_none(),
+                    "an empty tracestate is left out"
+                );
                 let (trace, span, flags) = traceparent(&out);
                 assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
                 assert_ne!(span, "00f067aa0ba902b7", "the task has its own span id");
