@@ -74,6 +74,7 @@ fn schemas_are_written() {
 /// and its announcement) and receives 14 (the 10 deliveries of the request/replies,
 /// 3 JetStream acknowledgements and the final event for the stats projection).
 /// A change that adds messages to every task fails here and updates the README.
+/// Bytes and CPU time per task and per chain are reported too.
 #[test]
 fn bench_reports_its_figures_and_the_messages_per_task() {
     let dir = std::env::temp_dir().join(format!("orch-bench-{}", std::process::id()));
@@ -83,7 +84,7 @@ fn bench_reports_its_figures_and_the_messages_per_task() {
         "--only",
         "p1",
         "--concurrency",
-        "1",
+        "1,4",
         "--json",
         "--out",
         dir.to_str().unwrap(),
@@ -110,6 +111,15 @@ fn bench_reports_its_figures_and_the_messages_per_task() {
             (got - expected).abs() < 0.5,
             "{key}: {got}, expected {expected}"
         );
+    }
+    // Bytes and CPU time are measured (their sizes depend on the build and the machine).
+    assert!(
+        figure("task_bytes_sent") > figure("floor_bytes_sent_per_chain"),
+        "{figures}"
+    );
+    assert!(figure("task_bytes_received") > 0.0, "{figures}");
+    for key in ["task_cpu_us_rig", "task_cpu_us_server", "floor_cpu_us_rig"] {
+        assert!(figure(key) >= 0.0, "{key}: {figures}");
     }
     let csv = std::fs::read_to_string(dir.join("bench.csv")).expect("bench.csv written");
     assert!(csv.contains("p1: 4-phase task, concurrency 1"), "{csv}");

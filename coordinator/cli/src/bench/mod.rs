@@ -267,6 +267,8 @@ impl Rig {
             let stats = c.statistics();
             t.sent += stats.out_messages.load(Ordering::Relaxed);
             t.received += stats.in_messages.load(Ordering::Relaxed);
+            t.sent_bytes += stats.out_bytes.load(Ordering::Relaxed);
+            t.received_bytes += stats.in_bytes.load(Ordering::Relaxed);
         }
         t
     }
@@ -278,6 +280,8 @@ impl Rig {
 struct Traffic {
     sent: u64,
     received: u64,
+    sent_bytes: u64,
+    received_bytes: u64,
 }
 
 impl Traffic {
@@ -287,6 +291,8 @@ impl Traffic {
         PerRun {
             sent: per(self.sent, before.sent),
             received: per(self.received, before.received),
+            sent_bytes: per(self.sent_bytes, before.sent_bytes),
+            received_bytes: per(self.received_bytes, before.received_bytes),
         }
     }
 }
@@ -323,6 +329,44 @@ async fn messages_per_run(
 struct PerRun {
     sent: f64,
     received: f64,
+    sent_bytes: f64,
+    received_bytes: f64,
+}
+
+/// CPU time (user + system) used so far by this process (the rig: clients,
+/// coordinator, workers) and by the benchmark's own nats-server, when known.
+#[derive(Debug, Clone, Copy)]
+struct CpuTime {
+    rig: Option<Duration>,
+    server: Option<Duration>,
+}
+
+impl CpuTime {
+    fn now(server_pid: Option<u32>) -> CpuTime {
+        CpuTime {
+            rig: process_cpu(std::process::id()),
+            server: server_pid.and_then(process_cpu),
+        }
+    }
+
+    /// Microseconds per run of `runs`, from `before` to `self`: (rig, server).
+    fn us_per_run_since(self, before: CpuTime, runs: usize) -> (Option<f64>, Option<f64>) {
+        let per = |now: Option<Duration>, then: Option<Duration>| {
+            Some(now?.saturating_sub(then?).as_secs_f64() * 1e6 / runs.max(1) as f64)
+        };
+        (per(self.rig, before.rig), per(self.server, before.server))
+    }
+}
+
+/// A process's CPU time from `/proc/<pid>/stat` (utime + stime, all threads).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces and parentheses);
+    // utime and stime are the line's 14th and 15th, the 12th and 13th of these.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<Rig> {
@@ -439,6 +483,7 @@ async fn task_sample(orch: &Orchestrator, req: &SubmitRequest) -> anyhow::Result
 }
 
 struct Throughput {
+    done: usize,
     per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -475,6 +520,7 @@ async fn throughput(rig: &Rig, concurrency: usize, tasks: usize) -> Throughput {
     }
     let elapsed = start.elapsed().as_secs_f64();
     Throughput {
+        done: all.len() as usize,
         per_s: all.len() as f64 / elapsed,
         p50_ms: ms(&all, 0.5),
         p99_ms: ms(&all, 0.99),
@@ -484,7 +530,7 @@ async fn throughput(rig: &Rig, concurrency: usize, tasks: usize) -> Throughput {
 
 /// The throughput floor: chains of 4 sequential raw request/replies (the
 /// floor of one task) per second at `concurrency`, through the same server.
-async fn floor_throughput(rig: &Rig, concurrency: usize, chains: usize) -> f64 {
+async fn floor_throughput(rig: &Rig, concurrency: usize, chains: usize) -> (f64, usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let payload = Bytes::from(vec![b'x'; 256]);
@@ -508,7 +554,8 @@ async fn floor_throughput(rig: &Rig, concurrency: usize, chains: usize) -> f64 {
     for j in joins {
         let _ = j.await;
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let done = done.load(Ordering::Relaxed);
+    (done as f64 / start.elapsed().as_secs_f64(), done)
 }
 
 pub(crate) fn machine() -> String {
@@ -540,7 +587,8 @@ pub async fn run(nats: &NatsArgs, mut a: BenchArgs) -> anyhow::Result<ExitCode> 
     let url = server.as_ref().map_or(nats.url.clone(), |s| s.url.clone());
     let mut report = Report::default();
     if a.wants("p1") || a.wants("p2") {
-        p1_p2(&url, &a, &mut report).await?;
+        let server_pid = server.as_ref().map(|s| s.child.id());
+        p1_p2(&url, server_pid, &a, &mut report).await?;
     }
     if a.wants("p3") {
         gpu::run(&url, a.quick, &mut report).await?;
@@ -597,7 +645,12 @@ pub async fn run(nats: &NatsArgs, mut a: BenchArgs) -> anyhow::Result<ExitCode> 
 }
 
 /// P1 (overhead against the NATS floor) and P2 (throughput).
-async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<()> {
+async fn p1_p2(
+    url: &str,
+    server_pid: Option<u32>,
+    a: &BenchArgs,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let events = !a.no_events;
     let jetstream = !a.no_jetstream;
     eprintln!(
@@ -645,16 +698,27 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
     );
     let (chain, per_task) = messages_per_run(&rig, &payload, &req, 200).await?;
     report.summary.push(format!(
-        "messages per floor chain: {:.1} sent, {:.1} received; \
-         per 4-phase task: {:.1} sent, {:.1} received \
+        "messages per floor chain: {:.1} sent, {:.1} received ({:.0} / {:.0} bytes); \
+         per 4-phase task: {:.1} sent, {:.1} received ({:.0} / {:.0} bytes) \
          (all of the rig's connections, JetStream API calls and acks included)",
-        chain.sent, chain.received, per_task.sent, per_task.received
+        chain.sent,
+        chain.received,
+        chain.sent_bytes,
+        chain.received_bytes,
+        per_task.sent,
+        per_task.received,
+        per_task.sent_bytes,
+        per_task.received_bytes
     ));
     for (key, value) in [
         ("floor_msgs_sent_per_chain", chain.sent),
         ("floor_msgs_received_per_chain", chain.received),
         ("task_msgs_sent", per_task.sent),
         ("task_msgs_received", per_task.received),
+        ("floor_bytes_sent_per_chain", chain.sent_bytes),
+        ("floor_bytes_received_per_chain", chain.received_bytes),
+        ("task_bytes_sent", per_task.sent_bytes),
+        ("task_bytes_received", per_task.received_bytes),
     ] {
         report
             .figures
@@ -663,19 +727,27 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
 
     let mut best: f64 = 0.0;
     let mut best_c = 0;
+    let mut best_cpu = (None, None);
     let mut best_floor: f64 = 0.0;
+    let mut best_floor_cpu = (None, None);
     let mut task_points = Vec::new();
     let mut floor_points = Vec::new();
     for &c in &a.concurrency {
         let tasks = if c == 1 { a.samples.max(100) } else { a.tasks };
+        let before = CpuTime::now(server_pid);
         let r = throughput(&rig, c, tasks).await;
+        let cpu = CpuTime::now(server_pid).us_per_run_since(before, r.done);
         if c > 1 && r.per_s > best {
             best = r.per_s;
             best_c = c;
+            best_cpu = cpu;
         }
-        let floor = floor_throughput(&rig, c, tasks).await;
+        let before = CpuTime::now(server_pid);
+        let (floor, chains) = floor_throughput(&rig, c, tasks).await;
+        let floor_cpu = CpuTime::now(server_pid).us_per_run_since(before, chains);
         if c > 1 && floor > best_floor {
             best_floor = floor;
+            best_floor_cpu = floor_cpu;
         }
         task_points.push((c as f64, r.per_s));
         floor_points.push((c as f64, floor));
@@ -738,6 +810,28 @@ async fn p1_p2(url: &str, a: &BenchArgs, report: &mut Report) -> anyhow::Result<
     report
         .figures
         .insert("p2_best_concurrency".into(), json!(best_c));
+    // What a task and a floor chain cost in CPU, at their best concurrency:
+    // steadier than rates on a shared machine, and what sets the rate when
+    // everything runs on the same cores.
+    let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    report.summary.push(format!(
+        "CPU per 4-phase task at the best concurrency: {} us in the rig (clients, coordinator, \
+         workers), {} us in nats-server; per floor chain: {} us / {} us",
+        us(best_cpu.0),
+        us(best_cpu.1),
+        us(best_floor_cpu.0),
+        us(best_floor_cpu.1)
+    ));
+    for (key, value) in [
+        ("task_cpu_us_rig", best_cpu.0),
+        ("task_cpu_us_server", best_cpu.1),
+        ("floor_cpu_us_rig", best_floor_cpu.0),
+        ("floor_cpu_us_server", best_floor_cpu.1),
+    ] {
+        if let Some(v) = value {
+            report.figures.insert(key.into(), json!(v.round()));
+        }
+    }
     report
         .figures
         .insert("floor_p50_ms".into(), json!(ms(&floor, 0.5)));
