@@ -1071,8 +1071,9 @@ async fn a_final_event_is_published_again_unchanged() {
 
 /// The pending-result marker is written only where a task id has no entry:
 /// a second start finds the first marker (same revision, same coordinator),
-/// a stored result is returned as done, and a key an operator deleted is
-/// written again (the path through `kv::Store::create`).
+/// a stored result is returned as done (writing it again is still stored,
+/// another run's result is not), and a key an operator deleted is written
+/// again (the path through `kv::Store::create`).
 #[tokio::test]
 async fn a_pending_marker_is_created_once_per_task_id() {
     use orch_coordinator::durable::Durable;
@@ -1120,13 +1121,30 @@ async fn a_pending_marker_is_created_once_per_task_id() {
         trace_id: None,
         cached: false,
     };
+    let encoded = EncodedResult::new(&result).unwrap();
     assert!(matches!(
-        first
-            .finish(&EncodedResult::new(&result).unwrap(), Some(revision))
-            .await,
+        first.finish(&encoded, Some(revision)).await,
         Ok(Finish::Stored)
     ));
     assert!(matches!(second.start(&id).await, Ok(Stored::Done(_))));
+    // Written again (its first answer lost): the stored entry is this very
+    // result, so it is stored, not "another run finished first".
+    assert!(matches!(
+        first.finish(&encoded, Some(revision)).await,
+        Ok(Finish::Stored)
+    ));
+    // Another run's result (its times differ) finds this one.
+    let other = orch_client::OrchestratedResult {
+        execution_time_ms: 2.0,
+        ..result.clone()
+    };
+    let Ok(Finish::AlreadyDone(kept)) = second
+        .finish(&EncodedResult::new(&other).unwrap(), Some(revision))
+        .await
+    else {
+        panic!("another run's result does not replace the stored one");
+    };
+    assert_eq!(*kept, result);
 
     durable
         .results

@@ -139,20 +139,23 @@ impl ResultStore {
     /// # Errors
     /// When the bucket cannot be read.
     pub async fn lookup(&self, id: &TaskId) -> Result<Stored, StoreError> {
+        Self::stored(self.entry(id).await?)
+    }
+
+    /// The bucket's entry for `id`, unless there is none or it was deleted.
+    async fn entry(&self, id: &TaskId) -> Result<Option<kv::Entry>, StoreError> {
         let entry = self
             .kv
             .entry(id.as_str())
             .await
             .map_err(|e| StoreError(e.to_string()))?;
+        Ok(entry.filter(|e| !matches!(e.operation, kv::Operation::Delete | kv::Operation::Purge)))
+    }
+
+    fn stored(entry: Option<kv::Entry>) -> Result<Stored, StoreError> {
         let Some(entry) = entry else {
             return Ok(Stored::Missing);
         };
-        if matches!(
-            entry.operation,
-            kv::Operation::Delete | kv::Operation::Purge
-        ) {
-            return Ok(Stored::Missing);
-        }
         Ok(match decode(&entry.value)? {
             Ok(result) => Stored::Done(Box::new(result)),
             Err(marker) => Stored::Pending {
@@ -241,17 +244,26 @@ impl ResultStore {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
         };
-        match written {
-            Ok(()) => Ok(Finish::Stored),
-            Err(write_err) => match self.lookup(id).await? {
-                Stored::Done(other) => Ok(Finish::AlreadyDone(other)),
-                // Another run re-marked it (its marker replaced ours): we lost the race
-                // for the marker but nobody finished; store ours over the newer marker.
-                Stored::Pending { revision, .. } if Some(revision) != pending_revision => {
-                    Box::pin(self.finish(result, Some(revision))).await
-                }
-                _ => Err(StoreError(write_err)),
-            },
+        let Err(write_err) = written else {
+            return Ok(Finish::Stored);
+        };
+        let entry = self.entry(id).await?;
+        // Our own write whose answer was lost (a reconnect, a stream leader
+        // lost mid-write), found by its retry: the entry holds exactly our
+        // bytes. Another run's result differs (its times at least); were it
+        // the very same bytes (two cache hits), it is the same result, and its
+        // final event is deduplicated by id.
+        if entry.as_ref().is_some_and(|e| e.value == *result.json()) {
+            return Ok(Finish::Stored);
+        }
+        match Self::stored(entry)? {
+            Stored::Done(other) => Ok(Finish::AlreadyDone(other)),
+            // Another run re-marked it (its marker replaced ours): we lost the race
+            // for the marker but nobody finished; store ours over the newer marker.
+            Stored::Pending { revision, .. } if Some(revision) != pending_revision => {
+                Box::pin(self.finish(result, Some(revision))).await
+            }
+            _ => Err(StoreError(write_err)),
         }
     }
 
