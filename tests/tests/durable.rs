@@ -16,7 +16,9 @@ use orch_shared::{Role, subjects};
 use orch_tests::fleet::{Fleet, WorkerSpec};
 use orch_tests::nats::{NatsServer, ServerOptions};
 use orch_tests::process::Proc;
-use orch_tests::tally::{assert_exactly_once, final_events, stored_result, submit_durable_all};
+use orch_tests::tally::{
+    Announcements, assert_exactly_once, final_events, stored_result, submit_durable_all,
+};
 use orch_tests::wait::{eventually, within};
 use tokio_util::sync::CancellationToken;
 
@@ -567,22 +569,14 @@ async fn a_result_that_cannot_be_stored_for_a_while_is_stored_later_not_run_agai
         kv.get(id.as_str()).await.ok()?.map(|_| ())
     })
     .await;
-    let stream_name = format!("KV_{}", subjects::KV_RESULTS);
-    let mut stream = js.get_stream(&stream_name).await.unwrap();
-    let config = stream.info().await.unwrap().config.clone();
-    js.update_stream(async_nats::jetstream::stream::Config {
-        subjects: vec!["orch-test-paused.>".into()],
-        ..config.clone()
-    })
-    .await
-    .unwrap();
+    let paused = PausedResults::pause(&js).await;
     // The worker answers 2 s after the start; writes fail for a second or more.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         stored_result(&fleet.orch, &id).await.is_none(),
         "stored while the bucket took no writes"
     );
-    js.update_stream(config).await.unwrap();
+    paused.resume().await;
 
     let r = within(T, "the result", fleet.orch.wait_result(&id, T))
         .await
@@ -594,6 +588,83 @@ async fn a_result_that_cannot_be_stored_for_a_while_is_stored_later_not_run_agai
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = fleet.workers.remove(0).stop().await;
     assert_eq!(report.completed, 1, "the task ran again: {report:?}");
+}
+
+/// The results bucket's stream taking no writes: its subjects moved away, so
+/// every write to the bucket fails (no responders) until [`PausedResults::resume`].
+struct PausedResults {
+    js: jetstream::Context,
+    config: jetstream::stream::Config,
+}
+
+impl PausedResults {
+    async fn pause(js: &jetstream::Context) -> PausedResults {
+        let name = format!("KV_{}", subjects::KV_RESULTS);
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let config = stream.info().await.unwrap().config.clone();
+        js.update_stream(jetstream::stream::Config {
+            subjects: vec!["orch-test-paused.>".into()],
+            ..config.clone()
+        })
+        .await
+        .unwrap();
+        PausedResults {
+            js: js.clone(),
+            config,
+        }
+    }
+
+    async fn resume(self) {
+        self.js.update_stream(self.config).await.unwrap();
+    }
+}
+
+/// A request/reply task whose result cannot be stored when it finishes: the
+/// caller gets its reply at once, and the result is written again until the
+/// bucket takes it, then announced once. Written once and given up, `orch
+/// result` showed the task `pending` until its marker expired.
+#[tokio::test]
+async fn a_request_reply_result_that_cannot_be_stored_for_a_while_is_stored_later() {
+    let nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![
+            WorkerSpec::sim(Role::Reasoner, "chatgpt").with(|s| s.latency = Duration::from_secs(1)),
+        ],
+    )
+    .await;
+    let js = fleet.orch.jetstream();
+    let kv = js.get_key_value(subjects::KV_RESULTS).await.unwrap();
+    let announced = Announcements::watch(fleet.orch.nats()).await;
+    let id: TaskId = "rr-stored-later".parse().unwrap();
+    let orch = fleet.orch.clone();
+    let run = tokio::spawn(async move {
+        orch.execute(&reasoner_only("stored later", "rr-stored-later"))
+            .await
+    });
+    eventually(T, "the pending marker", || async {
+        kv.get(id.as_str()).await.ok()?.map(|_| ())
+    })
+    .await;
+    let paused = PausedResults::pause(&js).await;
+    let reply = within(T, "the reply", run).await.unwrap().unwrap();
+    assert!(reply.succeeded(), "{reply:?}");
+    // A write or two fail meanwhile (the first retry is 100 ms after the first).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        stored_result(&fleet.orch, &id).await.is_none(),
+        "stored while the bucket took no writes"
+    );
+    paused.resume().await;
+    let stored = eventually(T, "the stored result", || stored_result(&fleet.orch, &id)).await;
+    assert_eq!(stored, reply);
+    eventually(T, "the announcement", || async {
+        announced.counts().get(id.as_str()).copied()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(announced.counts().get(id.as_str()), Some(&1));
 }
 
 /// Restarts the server (kill -9, same store), then runs the reasoner task

@@ -45,17 +45,52 @@ const FINAL_EVENT_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Pause before the first republish of an unacknowledged final event (doubling to 2 s).
 const FINAL_EVENT_FIRST_RETRY: Duration = Duration::from_millis(250);
 
-/// Longest a finished durable task's result is written again while the
-/// results bucket fails (a cluster electing a new leader for it after losing a
-/// node takes seconds). Writing it again is far cheaper than what giving up
-/// costs: the task is redelivered and run again, workers and models included.
-/// The task's progress acknowledgements keep it from being redelivered meanwhile.
+/// Longest a finished task's result is written again while the results
+/// bucket fails (a cluster electing a new leader for it after losing a node
+/// takes seconds). Writing it again is far cheaper than what giving up costs:
+/// a durable task is redelivered and run again, workers and models included
+/// (its progress acknowledgements keep it from being redelivered meanwhile);
+/// a request/reply task's caller has its reply, but `orch result` would show
+/// the task pending until its marker expires. The task keeps its place in
+/// flight while it is retried, so an outage slows intake instead of piling up
+/// results in memory.
 const STORE_RETRY_FOR: Duration = Duration::from_secs(15);
 /// Pause before the first retry of a failed result write (doubling to 2 s).
 const STORE_FIRST_RETRY: Duration = Duration::from_millis(100);
 
+/// Stores a finished task's result, writing it again with backoff for up to
+/// [`STORE_RETRY_FOR`] while the bucket fails.
+async fn finish_retrying(
+    store: &ResultStore,
+    encoded: &EncodedResult,
+    pending_revision: Option<u64>,
+) -> Result<Finish, crate::results::StoreError> {
+    let id = encoded.task_id();
+    let mut backoff = Backoff::new(STORE_FIRST_RETRY, STORE_RETRY_FOR);
+    loop {
+        match store.finish(encoded, pending_revision).await {
+            Ok(f) => {
+                if backoff.retries() > 0 {
+                    tracing::info!(task_id = %id, retries = backoff.retries(), "task's result stored after retrying");
+                }
+                return Ok(f);
+            }
+            Err(e) if backoff.may_retry() => {
+                // One warning per task; the retries themselves at debug.
+                if backoff.retries() == 0 {
+                    tracing::warn!(task_id = %id, error = %e, retry_for = ?STORE_RETRY_FOR, "storing a task's result failed; retrying");
+                } else {
+                    tracing::debug!(task_id = %id, error = %e, "storing a task's result failed again");
+                }
+                backoff.pause().await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Pauses between the attempts of a write worth retrying for a while (a
-/// final event, a durable result): `first`, doubling up to 2 s, as long as
+/// final event, a result): `first`, doubling up to 2 s, as long as
 /// the next attempt starts before `retry_for` has passed since the first.
 struct Backoff {
     give_up: tokio::time::Instant,
@@ -487,7 +522,9 @@ impl Coordinator {
     ) {
         let Some(store) = &self.results else { return };
         let outcome = match encoded.map_or_else(|| EncodedResult::new(result), Ok) {
-            Ok(encoded) => (store.finish(&encoded, pending_revision).await).map(|f| (f, encoded)),
+            Ok(encoded) => {
+                (finish_retrying(store, &encoded, pending_revision).await).map(|f| (f, encoded))
+            }
             Err(e) => Err(e),
         };
         match outcome {
@@ -496,7 +533,7 @@ impl Coordinator {
                 tracing::warn!(task_id = %result.task_id, "a result for this task id was already stored; kept the first");
             }
             Err(e) => {
-                tracing::warn!(task_id = %result.task_id, error = %e, "storing the result failed")
+                tracing::error!(task_id = %result.task_id, error = %e, "storing the result failed; giving up (the caller has it, `orch result` does not)")
             }
         }
     }
@@ -549,27 +586,9 @@ impl Coordinator {
         pending_revision: Option<u64>,
     ) -> Result<(), String> {
         let encoded = EncodedResult::new(&result).map_err(|e| e.to_string())?;
-        let mut backoff = Backoff::new(STORE_FIRST_RETRY, STORE_RETRY_FOR);
-        let finished = loop {
-            match store.finish(&encoded, pending_revision).await {
-                Ok(f) => {
-                    if backoff.retries() > 0 {
-                        tracing::info!(task_id = %result.task_id, retries = backoff.retries(), "durable task's result stored after retrying");
-                    }
-                    break f;
-                }
-                Err(e) if backoff.may_retry() => {
-                    // One warning per task; the retries themselves at debug.
-                    if backoff.retries() == 0 {
-                        tracing::warn!(task_id = %result.task_id, error = %e, retry_for = ?STORE_RETRY_FOR, "storing a durable task's result failed; retrying");
-                    } else {
-                        tracing::debug!(task_id = %result.task_id, error = %e, "storing a durable task's result failed again");
-                    }
-                    backoff.pause().await;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        };
+        let finished = finish_retrying(store, &encoded, pending_revision)
+            .await
+            .map_err(|e| e.to_string())?;
         match finished {
             Finish::Stored => {
                 self.finish_event(&result).await;
