@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod ids;
+pub mod reconnect;
 pub mod role;
 pub mod schema;
 pub mod secret;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer};
 use futures::{Stream, StreamExt as _};
 use orch_shared::codec::Encoding;
+use orch_shared::reconnect::{self, ReconnectWatch};
 use orch_shared::wire::{
     Event, EventKind, ObjectRef, OrchestratedResult, ResultQuery, SubmitRequest,
 };
@@ -60,9 +61,6 @@ impl Stream for EventReplay {
     }
 }
 
-/// How often a replay checks whether its connection was re-established.
-const RECONNECT_CHECK: Duration = Duration::from_millis(250);
-
 /// An ordered consumer on `events` for `filter` from `deliver_policy`, and the
 /// stream sequence just before the first event it will deliver (as the
 /// server answered the creation).
@@ -96,9 +94,7 @@ struct Follow {
     last: u64,
     /// `None` while it has to be created again.
     messages: Option<consumer::pull::Ordered>,
-    connection: std::sync::Arc<async_nats::Statistics>,
-    connects: u64,
-    check: tokio::time::Interval,
+    watch: ReconnectWatch,
 }
 
 impl Follow {
@@ -131,41 +127,29 @@ impl Follow {
                     }
                     None => self.messages = None,
                 },
-                _ = self.check.tick() => {
-                    if self.connection.connects.load(std::sync::atomic::Ordering::Relaxed) != self.connects {
-                        tracing::info!(after = self.last, "event replay: reconnected; creating its consumer again");
-                        self.messages = None;
-                    }
+                () = self.watch.reconnected() => {
+                    tracing::info!(after = self.last, "event replay: reconnected; creating its consumer again");
+                    self.messages = None;
                 }
             }
         }
     }
 
-    /// Creates the consumer again from the event after `last`, until that works.
+    /// Creates the consumer again from the event after `last`, until that
+    /// works (retried as [`reconnect::retry`] does).
     async fn reopen(&mut self) {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            // Read first: a reconnect while this runs means once more.
-            self.connects = self
-                .connection
-                .connects
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let policy = match self.last {
-                0 => consumer::DeliverPolicy::All,
-                last => consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: last + 1,
-                },
-            };
-            match open_replay(&self.events, &self.filter, policy).await {
-                Ok((messages, _)) => {
-                    self.messages = Some(messages);
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "event replay"),
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(4));
-        }
+        // First: a reconnect while this runs means once more.
+        self.watch.mark();
+        let policy = match self.last {
+            0 => consumer::DeliverPolicy::All,
+            last => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: last + 1,
+            },
+        };
+        let (events, filter) = (&self.events, &self.filter);
+        let (messages, _) =
+            reconnect::retry("event replay", || open_replay(events, filter, policy)).await;
+        self.messages = Some(messages);
     }
 }
 
@@ -347,21 +331,14 @@ impl Orchestrator {
             .get_stream(subjects::STREAM_EVENTS)
             .await
             .map_err(|e| js_err("opening the event stream")(e.to_string()))?;
-        let connection = self.nats().statistics();
-        let connects = connection
-            .connects
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let watch = ReconnectWatch::new(self.nats());
         let (messages, last) = open_replay(&events, &filter, deliver_policy).await?;
-        let mut check = tokio::time::interval(RECONNECT_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let follow = Follow {
             events,
             filter,
             last,
             messages: Some(messages),
-            connection,
-            connects,
-            check,
+            watch,
         };
         let inner = futures::stream::unfold(follow, |mut f| async move {
             let next = f.next().await;

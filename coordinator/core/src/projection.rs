@@ -18,6 +18,7 @@ use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt as _;
+use orch_shared::reconnect::{self, ReconnectWatch};
 use orch_shared::wire::{Event, EventKind};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -204,32 +205,22 @@ async fn open(
 }
 
 /// Opens the consumers again (see [`open`]) until that works or `stop`;
-/// `None` on `stop`. Waits 0.5 s after a failure, then up to 4 s: while a
-/// cluster elects a new leader for the stream, creating a consumer fails.
+/// `None` on `stop`. While a cluster elects a new leader for the stream,
+/// creating a consumer fails: retried as [`reconnect::retry`] does.
 async fn reopen(
     events: &async_nats::jetstream::stream::Stream<()>,
     seqs: [u64; FINAL_KINDS.len()],
     stop: &CancellationToken,
 ) -> Option<Merged> {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match open(events, seqs).await {
-            Ok((messages, _)) => {
-                tracing::info!(?seqs, "stats projection: following the event stream again");
-                return Some(messages);
-            }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "stats projection"),
+    let opened = reconnect::retry("stats projection", || open(events, seqs));
+    tokio::select! {
+        () = stop.cancelled() => None,
+        (messages, _) = opened => {
+            tracing::info!(?seqs, "stats projection: following the event stream again");
+            Some(messages)
         }
-        tokio::select! {
-            () = stop.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(4));
     }
 }
-
-/// How often the follow loop checks whether the connection was re-established.
-const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 
 /// Loads the snapshot into `stats` and follows the event stream until `stop`.
 /// Returns once the initial catch-up is done (the follow loop runs on `tracker`).
@@ -269,8 +260,7 @@ pub async fn start(
         .get_stream_no_info(orch_shared::subjects::STREAM_EVENTS)
         .await
         .map_err(|e| format!("opening the event stream for the stats projection: {e}"))?;
-    let connection = js.client().statistics();
-    let mut connects = connection.connects.load(Ordering::Relaxed);
+    let mut watch = ReconnectWatch::new(&js.client());
     // The backlog per kind makes the first stats answer complete.
     let (mut messages, backlog) = open(&events, seqs).await?;
     let started = Instant::now();
@@ -297,8 +287,6 @@ pub async fn start(
         let mut last_saved = seqs;
         let mut ticker = tokio::time::interval(SNAPSHOT_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
-        reconnect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let why = tokio::select! {
                 () = stop.cancelled() => break,
@@ -309,13 +297,7 @@ pub async fn start(
                     }
                     continue;
                 }
-                _ = reconnect_check.tick() => {
-                    let now = connection.connects.load(Ordering::Relaxed);
-                    if now == connects {
-                        continue;
-                    }
-                    "reconnected to NATS".to_string()
-                }
+                () = watch.reconnected() => "reconnected to NATS".to_string(),
                 m = messages.next() => match m {
                     Some((kind, Ok(m))) => {
                         fold_into(&stats, &progress, &mut seqs, kind, &m);
@@ -329,8 +311,8 @@ pub async fn start(
             // The old consumers go (async-nats stops their pulls on drop; the
             // server removes them once inactive).
             drop(std::mem::take(&mut messages));
-            // Read before reopening: a reconnect while it runs means once more.
-            connects = connection.connects.load(Ordering::Relaxed);
+            // Before reopening: a reconnect while it runs means once more.
+            watch.mark();
             match reopen(&events, seqs, &stop).await {
                 Some(m) => messages = m,
                 None => break,
