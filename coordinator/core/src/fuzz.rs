@@ -360,9 +360,7 @@ fn stored_results_and_stats_events() {
     target("coordinator.stored").run(corpus.json_inputs(), |input| {
         let _ = decode_stored(input.bytes());
         // The shared-stats projection folds every final event it reads.
-        if let Ok(e) = serde_json::from_slice::<Event>(input.bytes())
-            && let Ok(delta) = serde_json::from_value::<StatsDelta>(e.details["stats"].clone())
-        {
+        if let Ok(delta) = crate::projection::final_event_delta(input.bytes()) {
             let stats = Stats::default();
             stats.apply(&delta);
             stats.apply(&delta);

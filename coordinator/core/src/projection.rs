@@ -19,7 +19,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use orch_shared::reconnect::{self, ReconnectWatch};
-use orch_shared::wire::{Event, EventKind};
+use orch_shared::wire::EventKind;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -353,13 +353,77 @@ fn fold_into(
 
 /// Applies one final event.
 fn fold(stats: &Stats, m: &async_nats::jetstream::Message) {
-    match serde_json::from_slice::<Event>(&m.payload) {
-        Ok(e) => match serde_json::from_value::<StatsDelta>(e.details["stats"].clone()) {
-            Ok(delta) => stats.apply(&delta),
-            Err(err) => {
-                tracing::warn!(task_id = %e.task_id, error = %err, "final event without stats")
-            }
-        },
+    match final_event_delta(&m.payload) {
+        Ok(delta) => stats.apply(&delta),
         Err(err) => tracing::warn!(subject = %m.subject, error = %err, "undecodable final event"),
+    }
+}
+
+/// The stats contribution a final event carries (`details.stats`), read
+/// without building the rest of the event.
+///
+/// # Errors
+/// When `payload` is not a final event with stats.
+pub(crate) fn final_event_delta(payload: &[u8]) -> Result<StatsDelta, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Final {
+        details: Details,
+    }
+    #[derive(Deserialize)]
+    struct Details {
+        stats: StatsDelta,
+    }
+    serde_json::from_slice::<Final>(payload).map(|f| f.details.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_shared::wire::Event;
+
+    #[test]
+    fn a_final_event_gives_back_the_delta_it_was_built_from() {
+        let delta = StatsDelta {
+            succeeded: true,
+            confidence: 0.75,
+            execution_time_ms: 12.5,
+            conflicts: 1,
+            fallbacks: 2,
+            model_usage: [("kimi-k2".to_string(), 1)].into_iter().collect(),
+            latency_ms: vec![("task".into(), 12.5), ("reasoner/kimi_k2".into(), 9.0)],
+            cached: false,
+        };
+        let result = orch_shared::wire::OrchestratedResult {
+            task_id: "t-1".into(),
+            task: "t".into(),
+            primary_answer: None,
+            model_results: Default::default(),
+            confidence: 0.75,
+            conflicts: vec![],
+            execution_time_ms: 12.5,
+            models_used: vec![],
+            fallback_chain: vec![],
+            attempts: vec![],
+            trace_id: None,
+            cached: false,
+        };
+        let (kind, details) = crate::events::final_event(&result, &delta);
+        let event = Event {
+            task_id: "t-1".into(),
+            kind,
+            ts: "2026-01-01T00:00:00.000Z".into(),
+            trace_id: None,
+            details,
+        };
+        let bytes = serde_json::to_vec(&event).unwrap();
+        assert_eq!(final_event_delta(&bytes).unwrap(), delta);
+
+        let without = serde_json::to_vec(&Event {
+            details: serde_json::json!({"confidence": 0.5}),
+            ..event
+        })
+        .unwrap();
+        assert!(final_event_delta(&without).is_err());
+        assert!(final_event_delta(b"not json").is_err());
     }
 }
