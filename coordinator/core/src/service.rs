@@ -494,7 +494,8 @@ impl Coordinator {
     }
 
     /// Validates and runs one task in-process, storing its result when
-    /// JetStream is on.
+    /// JetStream is on (before returning; a failing bucket is retried for up
+    /// to 15 s, as for every task).
     ///
     /// # Errors
     /// The error body a submit would get for an invalid request.
