@@ -675,6 +675,17 @@ impl EventKind {
         }
     }
 
+    /// The step-by-step kinds every task has (`phase_started`,
+    /// `phase_completed`, `model_attempt`), which `--no-progress-events`
+    /// leaves out; the others mark a task's start and end or something that
+    /// went differently (a fallback, a conflict).
+    pub const fn is_progress(self) -> bool {
+        matches!(
+            self,
+            EventKind::PhaseStarted | EventKind::PhaseCompleted | EventKind::ModelAttempt
+        )
+    }
+
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|k| k.as_str() == s)

@@ -204,6 +204,62 @@ async fn per_task_events_replay_in_order() {
     assert!(seen.iter().all(|(_, e)| e.ts.ends_with('Z')));
 }
 
+/// `--no-progress-events`: a task publishes its start, its fallbacks and its
+/// final event, nothing per phase or attempt; the shared stats (built from
+/// final events) still count it.
+#[tokio::test]
+async fn without_progress_events_a_task_publishes_its_start_fallbacks_and_end() {
+    let nats = NatsServer::start();
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig {
+            progress_events: false,
+            ..CoordinatorConfig::default()
+        },
+        vec![
+            WorkerSpec::sim(Role::Web, "default"),
+            WorkerSpec::sim(Role::Reasoner, "chatgpt"),
+        ],
+    )
+    .await;
+    let mut req = reasoner_only("no progress", "no-progress-1");
+    req.tools = Some(vec!["web".into(), "reasoner".into()]);
+    let r = within(T, "execute", fleet.orch.execute(&req))
+        .await
+        .unwrap();
+    assert!(r.succeeded(), "{r:?}");
+    assert_eq!(r.fallback_chain.len(), 1, "kimi_k2 has no workers: {r:?}");
+    let id: TaskId = "no-progress-1".parse().unwrap();
+    let mut replay = fleet
+        .orch
+        .replay_events(Some(&id), None, ReplayFrom::Start)
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    within(T, "replay", async {
+        while let Some(e) = replay.next().await {
+            let (_, e) = e.unwrap();
+            kinds.push(e.kind);
+            if e.kind == EventKind::ActionComplete {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::ActionStart,
+            EventKind::Fallback,
+            EventKind::ActionComplete
+        ]
+    );
+    let stats = within(T, "stats", fleet.orch.stats()).await.unwrap();
+    assert_eq!(stats.scope, "shared");
+    assert_eq!(stats.total_executions, 1);
+    assert_eq!(stats.fallbacks_triggered, 1);
+}
+
 #[tokio::test]
 async fn the_cache_serves_identical_requests() {
     let nats = NatsServer::start();

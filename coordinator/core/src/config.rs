@@ -127,6 +127,11 @@ pub struct CoordinatorConfig {
     pub drain_timeout: Duration,
     /// Publish task events.
     pub events: bool,
+    /// Publish the progress events too (`phase_started`, `phase_completed`,
+    /// `model_attempt`); off, a task publishes its `action_start`, its final
+    /// event and any `fallback` or `conflict` (shared stats and replay of
+    /// outcomes stay, at a fraction of the event stream's cost).
+    pub progress_events: bool,
     /// Roles dispatched through the `ORCH_WORK` queue, where workers pull only
     /// when they have a free slot (least-loaded; meant for GPU-bound roles).
     /// Other roles use core request/reply to a queue group (lowest latency).
@@ -160,6 +165,7 @@ impl Default for CoordinatorConfig {
             heartbeat_timeout: Some(DEFAULT_HEARTBEAT_TIMEOUT),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             events: true,
+            progress_events: true,
             pull_dispatch: RoleSet::EMPTY,
             hedge: std::collections::BTreeSet::new(),
             durable: Some(DurableConfig::default()),
@@ -285,6 +291,11 @@ pub struct CoordinatorArgs {
     /// Do not publish task events.
     #[arg(long, env = "ORCH_NO_EVENTS")]
     pub no_events: bool,
+    /// Publish only a task's `action_start`, final event and any `fallback` or
+    /// `conflict`: no `phase_started`, `phase_completed` or `model_attempt`
+    /// (no live per-phase progress; shared stats and replay of outcomes stay).
+    #[arg(long, env = "ORCH_NO_PROGRESS_EVENTS")]
+    pub no_progress_events: bool,
     /// Roles dispatched least-loaded through the JetStream work queue (workers pull
     /// when free), e.g. `vision`; others use core request/reply.
     #[arg(long, env = "ORCH_PULL_DISPATCH", default_value = "")]
@@ -436,6 +447,7 @@ impl CoordinatorArgs {
                 .then_some(self.heartbeat_timeout),
             drain_timeout: self.drain_timeout,
             events: !self.no_events,
+            progress_events: !self.no_progress_events,
             pull_dispatch,
             hedge,
             durable,

@@ -16,6 +16,8 @@ pub struct EventSink {
     client: Option<Client>,
     /// Final events go through JetStream (with an acknowledgement) when set.
     js: Option<async_nats::jetstream::Context>,
+    /// Whether progress kinds ([`EventKind::is_progress`]) are published.
+    progress: bool,
 }
 
 impl EventSink {
@@ -24,6 +26,7 @@ impl EventSink {
         EventSink {
             client: Some(client),
             js: None,
+            progress: true,
         }
     }
 
@@ -32,7 +35,16 @@ impl EventSink {
         EventSink {
             client: None,
             js: None,
+            progress: false,
         }
+    }
+
+    /// Leaves out the progress kinds (`--no-progress-events`): a task then
+    /// publishes its `action_start`, its final event and any `fallback` or
+    /// `conflict`.
+    pub fn without_progress(mut self) -> EventSink {
+        self.progress = false;
+        self
     }
 
     /// Sends final events through JetStream, so their stream sequence is known.
@@ -94,6 +106,9 @@ impl EventSink {
     /// never allowed to fail the task.
     pub async fn emit(&self, task_id: &TaskId, kind: EventKind, details: Value) {
         let Some(client) = &self.client else { return };
+        if kind.is_progress() && !self.progress {
+            return;
+        }
         let Some((headers, payload)) = message(task_id, kind, details, None) else {
             return;
         };

@@ -201,10 +201,10 @@ impl Coordinator {
             Some(cfg) => Some(Durable::setup(&client, cfg).await?),
             None => None,
         };
-        let mut events = if config.events {
-            EventSink::new(client.clone())
-        } else {
-            EventSink::disabled()
+        let mut events = match (config.events, config.progress_events) {
+            (false, _) => EventSink::disabled(),
+            (true, true) => EventSink::new(client.clone()),
+            (true, false) => EventSink::new(client.clone()).without_progress(),
         };
         if let Some(d) = &durable {
             events = events.with_jetstream(d.js.clone());
