@@ -112,6 +112,10 @@ pub struct BenchArgs {
     /// Turn task events off (they are on by default, as in production).
     #[arg(long)]
     pub no_events: bool,
+    /// Keep only the action, fallback and conflict events (the coordinator's
+    /// `--no-progress-events`).
+    #[arg(long)]
+    pub no_progress_events: bool,
     /// p1/p2 with a coordinator on core NATS only (no event stream, stored
     /// results or pending markers), to see what JetStream costs.
     #[arg(long)]
@@ -369,7 +373,12 @@ fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
-async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<Rig> {
+async fn start_rig(
+    url: &str,
+    events: bool,
+    progress_events: bool,
+    jetstream: bool,
+) -> anyhow::Result<Rig> {
     let stop = CancellationToken::new();
     let mut connections = Vec::new();
     for (role, slot) in [
@@ -409,6 +418,7 @@ async fn start_rig(url: &str, events: bool, jetstream: bool) -> anyhow::Result<R
     });
     let mut config = CoordinatorConfig {
         events,
+        progress_events,
         max_in_flight: 100_000,
         ..CoordinatorConfig::default()
     };
@@ -652,13 +662,18 @@ async fn p1_p2(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let events = !a.no_events;
+    let progress_events = events && !a.no_progress_events;
     let jetstream = !a.no_jetstream;
+    let events_label = match (events, progress_events) {
+        (false, _) => "off",
+        (true, false) => "on without progress events",
+        (true, true) => "on",
+    };
     eprintln!(
-        "orch bench: p1/p2 with simulated zero-latency workers, events {}, JetStream {}",
-        if events { "on" } else { "off" },
+        "orch bench: p1/p2 with simulated zero-latency workers, events {events_label}, JetStream {}",
         if jetstream { "on" } else { "off" }
     );
-    let rig = start_rig(url, events, jetstream).await?;
+    let rig = start_rig(url, events, progress_events, jetstream).await?;
 
     // Floor vs task latency at concurrency 1, interleaved in blocks.
     let payload = Bytes::from(vec![b'x'; 256]);
@@ -774,8 +789,7 @@ async fn p1_p2(
     rig.coordinator.shutdown();
     report.charts.push(plot::Chart {
         title: format!(
-            "p2: 4-phase tasks/s against the NATS floor (events {}, JetStream {})",
-            if events { "on" } else { "off" },
+            "p2: 4-phase tasks/s against the NATS floor (events {events_label}, JetStream {})",
             if jetstream { "on" } else { "off" }
         ),
         x_label: "concurrency".into(),
@@ -839,6 +853,9 @@ async fn p1_p2(
         .figures
         .insert("task_p50_ms".into(), json!(ms(&task, 0.5)));
     report.figures.insert("events".into(), json!(events));
+    report
+        .figures
+        .insert("progress_events".into(), json!(progress_events));
     report.figures.insert("jetstream".into(), json!(jetstream));
     Ok(())
 }
