@@ -137,6 +137,29 @@ async fn results_are_stored_and_readable_by_id() {
     );
 }
 
+/// Task `id`'s events replayed from the start of the stream, with their
+/// stream sequences, up to and including its final event.
+async fn replay_task(orch: &Orchestrator, id: &TaskId) -> Vec<(u64, orch_client::Event)> {
+    let mut replay = orch
+        .replay_events(Some(id), None, ReplayFrom::Start)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    within(T, "replay", async {
+        while let Some(e) = replay.next().await {
+            let (seq, e) = e.unwrap();
+            assert_eq!(e.task_id, id.as_str());
+            let done = matches!(e.kind, EventKind::ActionComplete | EventKind::ActionFailed);
+            seen.push((seq, e));
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    seen
+}
+
 #[tokio::test]
 async fn per_task_events_replay_in_order() {
     let nats = NatsServer::start();
@@ -156,24 +179,7 @@ async fn per_task_events_replay_in_order() {
         .await
         .unwrap();
     let id: TaskId = "replay-1".parse().unwrap();
-    let mut replay = fleet
-        .orch
-        .replay_events(Some(&id), None, ReplayFrom::Start)
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    within(T, "replay", async {
-        while let Some(e) = replay.next().await {
-            let (seq, e) = e.unwrap();
-            assert_eq!(e.task_id, "replay-1");
-            let done = matches!(e.kind, EventKind::ActionComplete | EventKind::ActionFailed);
-            seen.push((seq, e));
-            if done {
-                break;
-            }
-        }
-    })
-    .await;
+    let seen = replay_task(&fleet.orch, &id).await;
     let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     let kinds: Vec<String> = seen
@@ -230,22 +236,10 @@ async fn without_progress_events_a_task_publishes_its_start_fallbacks_and_end() 
     assert!(r.succeeded(), "{r:?}");
     assert_eq!(r.fallback_chain.len(), 1, "kimi_k2 has no workers: {r:?}");
     let id: TaskId = "no-progress-1".parse().unwrap();
-    let mut replay = fleet
-        .orch
-        .replay_events(Some(&id), None, ReplayFrom::Start)
-        .await
-        .unwrap();
-    let mut kinds = Vec::new();
-    within(T, "replay", async {
-        while let Some(e) = replay.next().await {
-            let (_, e) = e.unwrap();
-            kinds.push(e.kind);
-            if e.kind == EventKind::ActionComplete {
-                break;
-            }
-        }
-    })
-    .await;
+    let kinds: Vec<EventKind> = (replay_task(&fleet.orch, &id).await)
+        .into_iter()
+        .map(|(_, e)| e.kind)
+        .collect();
     assert_eq!(
         kinds,
         vec![

@@ -383,30 +383,22 @@ mod tests {
 
     #[test]
     fn a_final_event_gives_back_the_delta_it_was_built_from() {
-        let delta = StatsDelta {
-            succeeded: true,
-            confidence: 0.75,
-            execution_time_ms: 12.5,
-            conflicts: 1,
-            fallbacks: 2,
-            model_usage: [("kimi-k2".to_string(), 1)].into_iter().collect(),
-            latency_ms: vec![("task".into(), 12.5), ("reasoner/kimi_k2".into(), 9.0)],
-            cached: false,
-        };
         let result = orch_shared::wire::OrchestratedResult {
             task_id: "t-1".into(),
             task: "t".into(),
             primary_answer: None,
             model_results: Default::default(),
             confidence: 0.75,
-            conflicts: vec![],
+            conflicts: vec!["vision saw an error page".into()],
             execution_time_ms: 12.5,
             models_used: vec![],
-            fallback_chain: vec![],
+            fallback_chain: vec!["reasoner/kimi_k2: timed_out".into()],
             attempts: vec![],
             trace_id: None,
             cached: false,
         };
+        let delta = StatsDelta::of(&result);
+        assert_eq!((delta.conflicts, delta.fallbacks), (1, 1));
         let (kind, details) = crate::events::final_event(&result, &delta);
         let event = Event {
             task_id: "t-1".into(),
