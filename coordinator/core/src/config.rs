@@ -499,11 +499,16 @@ mod tests {
             "--verify",
             "--heartbeat-timeout",
             "0",
+            "--no-progress-events",
         ])
         .unwrap();
         let c = args.to_config().unwrap();
         assert_eq!(c.chain(Role::Reasoner).len(), 2);
         assert!(c.enable_verification);
         assert_eq!(c.heartbeat_timeout, None);
+        assert!(c.events && !c.progress_events);
+        let plain = CoordinatorArgs::try_parse_from(["orch-coordinator"]).unwrap();
+        let c = plain.to_config().unwrap();
+        assert!(c.events && c.progress_events, "both on by default");
     }
 }
