@@ -599,14 +599,7 @@ async fn stats_are_the_same_from_every_coordinator_and_survive_restarts() {
 #[tokio::test]
 async fn a_result_that_cannot_be_stored_for_a_while_is_stored_later_not_run_again() {
     let nats = NatsServer::start();
-    let mut fleet = Fleet::start(
-        &nats.url(),
-        CoordinatorConfig::default(),
-        vec![
-            WorkerSpec::sim(Role::Reasoner, "chatgpt").with(|s| s.latency = Duration::from_secs(2)),
-        ],
-    )
-    .await;
+    let mut fleet = chatgpt_fleet(&nats, Duration::from_secs(2)).await;
     let js = fleet.orch.jetstream();
     let kv = js.get_key_value(subjects::KV_RESULTS).await.unwrap();
     let id = fleet
@@ -638,6 +631,17 @@ async fn a_result_that_cannot_be_stored_for_a_while_is_stored_later_not_run_agai
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = fleet.workers.remove(0).stop().await;
     assert_eq!(report.completed, 1, "the task ran again: {report:?}");
+}
+
+/// A fleet (default coordinator) with one simulated `chatgpt` reasoner that
+/// answers after `latency`.
+async fn chatgpt_fleet(nats: &NatsServer, latency: Duration) -> Fleet {
+    Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![WorkerSpec::sim(Role::Reasoner, "chatgpt").with(|s| s.latency = latency)],
+    )
+    .await
 }
 
 /// The results bucket's stream taking no writes: its subjects moved away, so
@@ -676,14 +680,7 @@ impl PausedResults {
 #[tokio::test]
 async fn a_request_reply_result_that_cannot_be_stored_for_a_while_is_stored_later() {
     let nats = NatsServer::start();
-    let fleet = Fleet::start(
-        &nats.url(),
-        CoordinatorConfig::default(),
-        vec![
-            WorkerSpec::sim(Role::Reasoner, "chatgpt").with(|s| s.latency = Duration::from_secs(1)),
-        ],
-    )
-    .await;
+    let fleet = chatgpt_fleet(&nats, Duration::from_secs(1)).await;
     let js = fleet.orch.jetstream();
     let kv = js.get_key_value(subjects::KV_RESULTS).await.unwrap();
     let announced = Announcements::watch(fleet.orch.nats()).await;
@@ -748,12 +745,7 @@ async fn restart_then_run(nats: &mut NatsServer, fleet: &Fleet, id: &str) {
 #[tokio::test]
 async fn stats_follow_the_event_stream_again_soon_after_a_server_restart() {
     let mut nats = NatsServer::start();
-    let fleet = Fleet::start(
-        &nats.url(),
-        CoordinatorConfig::default(),
-        vec![WorkerSpec::sim(Role::Reasoner, "chatgpt")],
-    )
-    .await;
+    let fleet = chatgpt_fleet(&nats, Duration::ZERO).await;
     within(
         T,
         "first task",
@@ -807,12 +799,7 @@ async fn follow_until_done(
 #[tokio::test]
 async fn an_event_follow_goes_on_across_a_server_restart() {
     let mut nats = NatsServer::start();
-    let fleet = Fleet::start(
-        &nats.url(),
-        CoordinatorConfig::default(),
-        vec![WorkerSpec::sim(Role::Reasoner, "chatgpt")],
-    )
-    .await;
+    let fleet = chatgpt_fleet(&nats, Duration::ZERO).await;
     // Events from before the follow starts are not part of it.
     within(
         T,
