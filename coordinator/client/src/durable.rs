@@ -140,12 +140,7 @@ impl Follow {
     async fn reopen(&mut self) {
         // First: a reconnect while this runs means once more.
         self.watch.mark();
-        let policy = match self.last {
-            0 => consumer::DeliverPolicy::All,
-            last => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: last + 1,
-            },
-        };
+        let policy = reconnect::resume_after(self.last);
         let (events, filter) = (&self.events, &self.filter);
         let (messages, _) =
             reconnect::retry("event replay", || open_replay(events, filter, policy)).await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use async_nats::jetstream::consumer;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -183,12 +183,7 @@ async fn open(
                 max_expires: orch_shared::subjects::FOLLOW_MAX_EXPIRES,
                 // At most this many ~1.2 KB events in flight while catching up.
                 max_batch: 64,
-                deliver_policy: match seqs[i] {
-                    0 => DeliverPolicy::All,
-                    seq => DeliverPolicy::ByStartSequence {
-                        start_sequence: seq + 1,
-                    },
-                },
+                deliver_policy: reconnect::resume_after(seqs[i]),
                 ..Default::default()
             })
             .await

@@ -35,6 +35,7 @@ use crate::events::{EventSink, final_event};
 use crate::pipeline::{Pipeline, TaskSpec};
 use crate::results::{EncodedResult, Finish, ResultStore, Stored};
 use crate::stats::{Stats, StatsDelta};
+use orch_shared::reconnect::Backoff;
 
 /// Longest a stats request waits for this coordinator's own final events to be folded in.
 const STATS_SETTLE: Duration = Duration::from_secs(2);
@@ -42,7 +43,7 @@ const STATS_SETTLE: Duration = Duration::from_secs(2);
 /// acknowledge it (a cluster electing a stream leader takes seconds). Also
 /// kept within half the stream's duplicate window, so a retry is never stored twice.
 const FINAL_EVENT_RETRY_MAX: Duration = Duration::from_secs(60);
-/// Pause before the first republish of an unacknowledged final event (doubling to 2 s).
+/// Pause before the first republish of an unacknowledged final event (doubling to [`RETRY_PAUSE_MAX`]).
 const FINAL_EVENT_FIRST_RETRY: Duration = Duration::from_millis(250);
 
 /// Longest a finished task's result is written again while the results
@@ -55,8 +56,10 @@ const FINAL_EVENT_FIRST_RETRY: Duration = Duration::from_millis(250);
 /// flight while it is retried, so an outage slows intake instead of piling up
 /// results in memory.
 const STORE_RETRY_FOR: Duration = Duration::from_secs(15);
-/// Pause before the first retry of a failed result write (doubling to 2 s).
+/// Pause before the first retry of a failed result write (doubling to [`RETRY_PAUSE_MAX`]).
 const STORE_FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Longest pause between two writes of a final event or a result.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Stores a finished task's result, writing it again with backoff for up to
 /// [`STORE_RETRY_FOR`] while the bucket fails.
@@ -66,7 +69,7 @@ async fn finish_retrying(
     pending_revision: Option<u64>,
 ) -> Result<Finish, crate::results::StoreError> {
     let id = encoded.task_id();
-    let mut backoff = Backoff::new(STORE_FIRST_RETRY, STORE_RETRY_FOR);
+    let mut backoff = Backoff::new(STORE_FIRST_RETRY, RETRY_PAUSE_MAX).for_at_most(STORE_RETRY_FOR);
     loop {
         match store.finish(encoded, pending_revision).await {
             Ok(f) => {
@@ -86,42 +89,6 @@ async fn finish_retrying(
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// Pauses between the attempts of a write worth retrying for a while (a
-/// final event, a result): `first`, doubling up to 2 s, as long as
-/// the next attempt starts before `retry_for` has passed since the first.
-struct Backoff {
-    give_up: tokio::time::Instant,
-    delay: Duration,
-    retries: u32,
-}
-
-impl Backoff {
-    fn new(first: Duration, retry_for: Duration) -> Backoff {
-        Backoff {
-            give_up: tokio::time::Instant::now() + retry_for,
-            delay: first,
-            retries: 0,
-        }
-    }
-
-    /// Whether there is time for another attempt after the next pause.
-    fn may_retry(&self) -> bool {
-        tokio::time::Instant::now() + self.delay < self.give_up
-    }
-
-    /// Retries so far: a caller warns on the first failure, not on every one.
-    fn retries(&self) -> u32 {
-        self.retries
-    }
-
-    /// Sleeps the next pause.
-    async fn pause(&mut self) {
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(2));
-        self.retries += 1;
     }
 }
 
@@ -402,7 +369,7 @@ impl Coordinator {
         let finals = self.finals.clone();
         finals.pending.fetch_add(1, Ordering::SeqCst);
         self.background.spawn(async move {
-            let mut backoff = Backoff::new(FINAL_EVENT_FIRST_RETRY, retry_for);
+            let mut backoff = Backoff::new(FINAL_EVENT_FIRST_RETRY, RETRY_PAUSE_MAX).for_at_most(retry_for);
             let mut ack = Some(ack);
             loop {
                 let outcome = match ack.take() {
