@@ -21,6 +21,7 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use orch_shared::codec::Encoding;
+use orch_shared::reconnect::Backoff;
 use orch_shared::wire::SubmitRequest;
 use orch_shared::{TaskId, subjects};
 use serde::Deserialize;
@@ -117,7 +118,10 @@ pub async fn run(
         consumer = subjects::CONSUMER_TASKS,
         "durable intake running"
     );
-    let mut backoff = Duration::from_millis(100);
+    // Fetch failures (no stream leader, connection down) pause 0.1 s, doubling
+    // up to 5 s, until a fetch works again.
+    let fresh_backoff = || Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = fresh_backoff();
     while !stop.is_cancelled() {
         // Bounded by free permits: wait for at least one.
         let free = coord.free_permits();
@@ -135,16 +139,15 @@ pub async fn run(
             .await;
         let mut batch = match batch {
             Ok(b) => {
-                backoff = Duration::from_millis(100);
+                backoff = fresh_backoff();
                 b
             }
             Err(e) => {
-                tracing::warn!(error = %e, "fetching durable tasks failed; retrying");
+                tracing::warn!(error = %e, retry_in = ?backoff.next_pause(), "fetching durable tasks failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = backoff.pause() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
