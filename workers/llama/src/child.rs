@@ -238,16 +238,7 @@ fn read_line(input: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
     let n = input
         .take(MAX_LINE_BYTES as u64 + 1)
         .read_until(b'\n', &mut line)?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if line.len() > MAX_LINE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("line longer than {MAX_LINE_BYTES} bytes"),
-        ));
-    }
-    Ok(Some(line))
+    protocol::checked_line(line, n)
 }
 
 /// The reply channel: the process's original stdout.

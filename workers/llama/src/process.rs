@@ -269,16 +269,7 @@ async fn read_line(reader: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<
         .take(MAX_LINE_BYTES as u64 + 1)
         .read_until(b'\n', &mut line)
         .await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if line.len() > MAX_LINE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("line longer than {MAX_LINE_BYTES} bytes"),
-        ));
-    }
-    Ok(Some(line))
+    protocol::checked_line(line, n)
 }
 
 async fn pump_logs(
