@@ -986,6 +986,38 @@ async fn submit_all(orch: &Orchestrator, prefix: &str, n: usize) -> Vec<TaskId> 
     submit_durable_all(orch, requests).await
 }
 
+/// Durable intake at its in-flight limit: with `--max-in-flight 2` and a
+/// backlog of ten tasks it holds two at a time (the worker could take eight)
+/// and takes the next whenever one finishes, until the backlog is gone, each
+/// task run once.
+#[tokio::test]
+async fn durable_intake_at_its_in_flight_limit_works_off_a_backlog() {
+    let nats = NatsServer::start();
+    let mut fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig {
+            max_in_flight: 2,
+            ..CoordinatorConfig::default()
+        },
+        vec![
+            WorkerSpec::sim(Role::Reasoner, "kimi_k2")
+                .with(|s| s.latency = Duration::from_millis(300)),
+        ],
+    )
+    .await;
+    let ids = submit_all(&fleet.orch, "limit", 10).await;
+    // Five rounds of 300 ms: the coordinator is at its limit for a while.
+    let coordinator = fleet.coordinator.clone();
+    eventually(T, "every permit taken", || async {
+        (coordinator.free_permits() == 0).then_some(())
+    })
+    .await;
+    assert_exactly_once(&fleet.orch, &ids, T).await;
+    assert_eq!(coordinator.free_permits(), 2, "a permit was not given back");
+    let report = fleet.workers.remove(0).stop().await;
+    assert_eq!(report.completed, 10, "{report:?}");
+}
+
 #[tokio::test]
 async fn killing_one_of_two_coordinators_mid_load_loses_and_doubles_nothing() {
     orch_tests::init_logs();

@@ -128,7 +128,7 @@ pub async fn run(
         if free == 0 {
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                () = coord.permit_freed() => continue,
             }
         }
         let batch = consumer

@@ -236,6 +236,14 @@ impl Coordinator {
         self.permits.available_permits()
     }
 
+    /// Resolves once a task permit is free (at once if one is), without
+    /// taking it: durable intake waits here rather than polling.
+    pub async fn permit_freed(&self) {
+        // The permit goes straight back; a closed semaphore (never closed
+        // here) would also end the wait.
+        let _ = self.permits.acquire().await;
+    }
+
     /// A task permit, if one is free.
     pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()
