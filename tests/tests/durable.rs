@@ -13,9 +13,9 @@ use orch_client::{ErrorCode, EventKind, Orchestrator, ReplayFrom, SubmitRequest,
 use orch_coordinator::config::DurableConfig;
 use orch_coordinator::{Coordinator, CoordinatorConfig};
 use orch_shared::{Role, subjects};
-use orch_tests::fleet::{Fleet, WorkerSpec};
+use orch_tests::fleet::{Fleet, WorkerSpec, wait_for_services};
 use orch_tests::nats::{NatsServer, ServerOptions};
-use orch_tests::process::Proc;
+use orch_tests::process::{Proc, coordinator, sim_worker};
 use orch_tests::tally::{
     Announcements, assert_exactly_once, final_events, stored_result, submit_durable_all,
 };
@@ -966,17 +966,39 @@ fn without_in_flight(mut s: orch_shared::wire::StatsReport) -> orch_shared::wire
     s
 }
 
-fn coordinator_proc(url: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--nats-url",
+/// A coordinator process whose unacknowledged tasks come back after 2 s,
+/// and an `orch-reasoner` on `kimi_k2` answering after `latency` with
+/// `concurrency` jobs at a time, both visible to the returned client.
+async fn reasoner_fleet_procs(
+    url: &str,
+    coordinators: usize,
+    latency: &str,
+    concurrency: &str,
+) -> (Vec<Proc>, Proc, Orchestrator) {
+    let coords: Vec<Proc> = (0..coordinators)
+        .map(|_| coordinator(url, &["--ack-wait", "2s"]))
+        .collect();
+    let worker = sim_worker(
+        "orch-reasoner",
         url,
-        "--ack-wait",
-        "2s",
-        "--drain-timeout",
-        "5s",
-    ];
-    args.extend_from_slice(extra);
-    Proc::start("orch-coordinator", &args, &[])
+        &[
+            "--slot",
+            "kimi_k2",
+            "--sim-latency",
+            latency,
+            "--concurrency",
+            concurrency,
+        ],
+    );
+    let orch = Orchestrator::connect(url).await.unwrap();
+    wait_for_services(
+        &orch,
+        &[("orch-coordinator", coordinators), ("orch-reasoner", 1)],
+        T,
+        coords.iter().chain([&worker]),
+    )
+    .await;
+    (coords, worker, orch)
 }
 
 async fn submit_all(orch: &Orchestrator, prefix: &str, n: usize) -> Vec<TaskId> {
@@ -1007,13 +1029,13 @@ async fn durable_intake_at_its_in_flight_limit_works_off_a_backlog() {
     .await;
     let ids = submit_all(&fleet.orch, "limit", 10).await;
     // Five rounds of 300 ms: the coordinator is at its limit for a while.
-    let coordinator = fleet.coordinator.clone();
+    let coord = fleet.coordinator.clone();
     eventually(T, "every permit taken", || async {
-        (coordinator.free_permits() == 0).then_some(())
+        (coord.free_permits() == 0).then_some(())
     })
     .await;
     assert_exactly_once(&fleet.orch, &ids, T).await;
-    assert_eq!(coordinator.free_permits(), 2, "a permit was not given back");
+    assert_eq!(coord.free_permits(), 2, "a permit was not given back");
     let report = fleet.workers.remove(0).stop().await;
     assert_eq!(report.completed, 10, "{report:?}");
 }
@@ -1023,41 +1045,12 @@ async fn killing_one_of_two_coordinators_mid_load_loses_and_doubles_nothing() {
     orch_tests::init_logs();
     let nats = NatsServer::start();
     let url = nats.url();
-    let mut a = coordinator_proc(&url, &[]);
-    let _b = coordinator_proc(&url, &[]);
-    let _workers = Proc::start(
-        "orch-reasoner",
-        &[
-            "--nats-url",
-            &url,
-            "--provider",
-            "sim",
-            "--slot",
-            "kimi_k2",
-            "--sim-latency",
-            "300ms",
-            "--concurrency",
-            "16",
-        ],
-        &[],
-    );
-    let orch = Orchestrator::connect(&url).await.unwrap();
-    eventually(T, "fleet up", || async {
-        let found = orch.workers(Duration::from_millis(200)).await.ok()?;
-        (found
-            .iter()
-            .filter(|s| s.name == "orch-coordinator")
-            .count()
-            == 2
-            && found.iter().any(|s| s.name == "orch-reasoner"))
-        .then_some(())
-    })
-    .await;
+    let (mut coords, _worker, orch) = reasoner_fleet_procs(&url, 2, "300ms", "16").await;
     let ids = submit_all(&orch, "kill", 60).await;
     // Let both coordinators take tasks, then kill one without warning.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    a.signal(Signal::SIGKILL);
-    assert!(a.exited(T).await.is_some());
+    coords[0].signal(Signal::SIGKILL);
+    assert!(coords[0].exited(T).await.is_some());
     assert_exactly_once(&orch, &ids, Duration::from_secs(120)).await;
     let stats = eventually(T, "stats count every task once", || async {
         let s = orch.stats().await.ok()?;
@@ -1072,31 +1065,7 @@ async fn restarting_nats_during_100_durable_tasks_loses_and_doubles_nothing() {
     orch_tests::init_logs();
     let mut nats = NatsServer::start_with(ServerOptions::default());
     let url = nats.url();
-    let _c = coordinator_proc(&url, &[]);
-    let _w = Proc::start(
-        "orch-reasoner",
-        &[
-            "--nats-url",
-            &url,
-            "--provider",
-            "sim",
-            "--slot",
-            "kimi_k2",
-            "--sim-latency",
-            "50ms",
-            "--concurrency",
-            "8",
-        ],
-        &[],
-    );
-    let orch = Orchestrator::connect(&url).await.unwrap();
-    eventually(T, "fleet up", || async {
-        let found = orch.workers(Duration::from_millis(200)).await.ok()?;
-        (found.iter().any(|s| s.name == "orch-coordinator")
-            && found.iter().any(|s| s.name == "orch-reasoner"))
-        .then_some(())
-    })
-    .await;
+    let (_coords, _worker, orch) = reasoner_fleet_procs(&url, 1, "50ms", "8").await;
     let ids = submit_all(&orch, "restart", 100).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     nats.restart();
