@@ -32,6 +32,17 @@ fn reasoner_only(task: &str, id: &str) -> SubmitRequest {
     }
 }
 
+/// Runs the reasoner-only task `id` (request/reply) and returns its result.
+async fn run_reasoner_task(fleet: &Fleet, task: &str, id: &str) -> orch_client::OrchestratedResult {
+    within(
+        T,
+        &format!("task {id}"),
+        fleet.orch.execute(&reasoner_only(task, id)),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_duplicate_publish_is_answered_once() {
     let nats = NatsServer::start();
@@ -90,13 +101,7 @@ async fn results_are_stored_and_readable_by_id() {
     )
     .await;
     // Request/reply results are stored too.
-    let r = within(
-        T,
-        "execute",
-        fleet.orch.execute(&reasoner_only("stored", "rr-1")),
-    )
-    .await
-    .unwrap();
+    let r = run_reasoner_task(&fleet, "stored", "rr-1").await;
     let id: TaskId = "rr-1".parse().unwrap();
     let stored = eventually(T, "stored result", || async {
         fleet.orch.result(&id).await.ok()
@@ -727,13 +732,7 @@ async fn restart_then_run(nats: &mut NatsServer, fleet: &Fleet, id: &str) {
             .ok()
     })
     .await;
-    within(
-        T,
-        "a task after the restart",
-        fleet.orch.execute(&reasoner_only("after", id)),
-    )
-    .await
-    .unwrap();
+    run_reasoner_task(fleet, "after", id).await;
 }
 
 /// After a server restart (kill -9, same store) a running coordinator's
@@ -746,15 +745,7 @@ async fn restart_then_run(nats: &mut NatsServer, fleet: &Fleet, id: &str) {
 async fn stats_follow_the_event_stream_again_soon_after_a_server_restart() {
     let mut nats = NatsServer::start();
     let fleet = chatgpt_fleet(&nats, Duration::ZERO).await;
-    within(
-        T,
-        "first task",
-        fleet
-            .orch
-            .execute(&reasoner_only("before", "before-restart")),
-    )
-    .await
-    .unwrap();
+    run_reasoner_task(&fleet, "before", "before-restart").await;
     eventually(T, "the first task counted", || async {
         (fleet.coordinator.stats().total_executions == 1).then_some(())
     })
@@ -801,28 +792,14 @@ async fn an_event_follow_goes_on_across_a_server_restart() {
     let mut nats = NatsServer::start();
     let fleet = chatgpt_fleet(&nats, Duration::ZERO).await;
     // Events from before the follow starts are not part of it.
-    within(
-        T,
-        "an earlier task",
-        fleet.orch.execute(&reasoner_only("old", "follow-old")),
-    )
-    .await
-    .unwrap();
+    run_reasoner_task(&fleet, "old", "follow-old").await;
     let mut follow = fleet
         .orch
         .replay_events(None, None, ReplayFrom::New)
         .await
         .unwrap();
     let mut seen: Vec<(u64, String)> = Vec::new();
-    within(
-        T,
-        "a task before the restart",
-        fleet
-            .orch
-            .execute(&reasoner_only("before", "follow-before")),
-    )
-    .await
-    .unwrap();
+    run_reasoner_task(&fleet, "before", "follow-before").await;
     within(
         T,
         "its events",
