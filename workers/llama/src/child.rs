@@ -235,10 +235,10 @@ fn read_requests(jobs: &SyncSender<GenerateRequest>, control: &Control) {
 /// Reads one `\n`-terminated line of at most [`MAX_LINE_BYTES`]; `None` at end of input.
 fn read_line(input: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
-    let n = input
+    input
         .take(MAX_LINE_BYTES as u64 + 1)
         .read_until(b'\n', &mut line)?;
-    protocol::checked_line(line, n)
+    protocol::checked_line(line)
 }
 
 /// The reply channel: the process's original stdout.

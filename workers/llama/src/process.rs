@@ -265,11 +265,11 @@ async fn read_replies(stdout: ChildStdout, tx: mpsc::Sender<FromChild>, pid: u32
 /// One `\n`-terminated line of at most [`MAX_LINE_BYTES`]; `None` at end of input.
 async fn read_line(reader: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
-    let n = reader
+    reader
         .take(MAX_LINE_BYTES as u64 + 1)
         .read_until(b'\n', &mut line)
         .await?;
-    protocol::checked_line(line, n)
+    protocol::checked_line(line)
 }
 
 async fn pump_logs(

@@ -14,11 +14,12 @@ use serde::{Deserialize, Serialize};
 /// longer is a broken peer, not data.
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
-/// What reading one line gave, with at most `MAX_LINE_BYTES + 1` bytes taken
-/// (`n` of them read): the line, `None` at end of input, an error when it is
-/// longer than [`MAX_LINE_BYTES`]. Both sides' line readers end here.
-pub(crate) fn checked_line(line: Vec<u8>, n: usize) -> std::io::Result<Option<Vec<u8>>> {
-    if n == 0 {
+/// What reading one line into an empty buffer gave, with at most
+/// `MAX_LINE_BYTES + 1` bytes taken: the line, `None` at end of input (nothing
+/// read), an error when it is longer than [`MAX_LINE_BYTES`]. Both sides' line
+/// readers end here.
+pub(crate) fn checked_line(line: Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
+    if line.is_empty() {
         return Ok(None);
     }
     if line.len() > MAX_LINE_BYTES {
