@@ -7,6 +7,9 @@
 # reused. Prints the model's path on stdout (and nothing else), so callers can do
 #   ORCH_LOCAL_MODEL="$(deploy/fetch-model.sh)"
 #
+#   deploy/fetch-model.sh --check   downloads nothing: prints the verified path and exits 0,
+#                                   or says what is wrong (absent, checksum mismatch) and exits 1
+#
 # Environment:
 #   ORCH_MODEL_DIR  where models live (default: $HOME/.cache/orch/models); the
 #                   workers' default --local-model points at the same place.
@@ -29,6 +32,21 @@ log() { printf 'fetch-model: %s\n' "$*" >&2; }
 verify() {
     printf '%s  %s\n' "${MODEL_SHA256}" "$1" | sha256sum --check --status -
 }
+
+case "${1:-}" in
+    --check)
+        if [[ ! -f "${TARGET}" ]]; then
+            printf '%s is absent\n' "${TARGET}"
+            exit 1
+        fi
+        command -v sha256sum >/dev/null || { printf 'sha256sum not found (coreutils)\n'; exit 1; }
+        verify "${TARGET}" || { printf '%s does not match sha256 %s\n' "${TARGET}" "${MODEL_SHA256}"; exit 1; }
+        printf '%s (sha256 verified)\n' "${TARGET}"
+        exit 0
+        ;;
+    "") ;;
+    *) log "unknown argument $1 (only --check)"; exit 64 ;;
+esac
 
 if [[ -f "${TARGET}" ]] && verify "${TARGET}"; then
     printf '%s\n' "${TARGET}"
