@@ -50,6 +50,9 @@ pub enum ErrorCode {
     Unavailable,
     /// The model answered, but not with the required structure.
     InvalidOutput,
+    /// The worker has no usable backend (no API key, no reachable service); the
+    /// message says, in words, what would enable it. Sent at once, never retried.
+    NotConfigured,
     /// No result is stored for that task id.
     NotFound,
     /// The task is known but has not finished yet.
@@ -83,6 +86,7 @@ impl ErrorCode {
             ErrorCode::Upstream => "upstream",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::InvalidOutput => "invalid_output",
+            ErrorCode::NotConfigured => "not_configured",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Pending => "pending",
             ErrorCode::Internal => "internal",
@@ -115,7 +119,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Cancelled => 499,
             ErrorCode::Upstream => 502,
-            ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::Unavailable => 503,
+            ErrorCode::Overloaded
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Unavailable
+            | ErrorCode::NotConfigured => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }

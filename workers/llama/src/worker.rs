@@ -99,7 +99,9 @@ pub async fn run(w: ModelWorker) -> ExitCode {
     let cli: Cli = parse_command(Cli::command().name(w.name).bin_name(w.name).about(w.about));
     let telemetry = telemetry::init(w.name, &cli.worker.log);
     let mut problems = Problems::default();
+    let unconfigured = orch_worker::run::not_configured(w.role, &cli.worker);
     let handler: Option<Arc<dyn Handler>> = match cli.provider {
+        _ if unconfigured.is_some() => unconfigured,
         Provider::Openai => cli.models.openai(w.role, &mut problems),
         Provider::Ollama => cli.models.ollama(w.role, &mut problems),
         Provider::Local => cli

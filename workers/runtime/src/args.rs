@@ -41,6 +41,12 @@ pub struct WorkerArgs {
     /// Refuse requests whose remaining budget is below this (`deadline_too_short`).
     #[arg(long, env = "ORCH_MIN_BUDGET", default_value = "1ms", value_parser = parse_duration)]
     pub min_budget: Duration,
+    /// Serve the slot without any backend: every job is answered at once with
+    /// `not_configured` and this reason (what would enable the role). `orch up`
+    /// starts a role this way when it finds no backend for it, so a task says so
+    /// once instead of failing on connection errors.
+    #[arg(long, value_name = "REASON")]
+    pub not_configured: Option<String>,
 }
 
 impl WorkerArgs {
@@ -56,6 +62,7 @@ impl WorkerArgs {
             heartbeat_interval: Duration::from_secs(1),
             default_budget: Duration::from_secs(60),
             min_budget: Duration::from_millis(1),
+            not_configured: None,
         }
     }
 

@@ -65,3 +65,42 @@ pub trait Handler: Send + Sync + 'static {
     /// Any failure, typed so the coordinator can decide to fall back.
     async fn handle(&self, request: WorkRequest, ctx: JobContext) -> Result<Output, WorkError>;
 }
+
+/// A slot served without a backend: every job fails at once with
+/// `not_configured` and the reason given (what would enable the role).
+#[derive(Debug, Clone)]
+pub struct NotConfigured {
+    role: Role,
+    reason: String,
+}
+
+impl NotConfigured {
+    /// A handler for `role` that refuses every job with `reason`.
+    pub fn new(role: Role, reason: impl Into<String>) -> NotConfigured {
+        NotConfigured {
+            role,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for NotConfigured {
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            provider: "not_configured".into(),
+            model: "none".into(),
+        }
+    }
+
+    async fn handle(&self, _request: WorkRequest, _ctx: JobContext) -> Result<Output, WorkError> {
+        Err(WorkError::new(
+            orch_shared::ErrorCode::NotConfigured,
+            self.reason.clone(),
+        ))
+    }
+}

@@ -19,5 +19,5 @@ mod fuzz;
 
 pub use args::WorkerArgs;
 pub use error::WorkError;
-pub use handler::{Handler, JobContext, Output, ProviderInfo};
+pub use handler::{Handler, JobContext, NotConfigured, Output, ProviderInfo};
 pub use serve::{ServeConfig, serve};

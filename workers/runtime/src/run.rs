@@ -11,6 +11,13 @@ use crate::args::WorkerArgs;
 use crate::handler::Handler;
 use crate::serve::{ServeConfig, serve};
 
+/// The handler to serve when `--not-configured` is given (no backend is built
+/// at all then), else `None`.
+pub fn not_configured(role: orch_shared::Role, args: &WorkerArgs) -> Option<Arc<dyn Handler>> {
+    let reason = args.not_configured.as_deref()?;
+    Some(Arc::new(crate::handler::NotConfigured::new(role, reason)))
+}
+
 /// A worker binary's life after its flags are parsed and its handler built:
 /// the configuration is checked (every problem listed, exit 64; a `handler`
 /// that could not be built has reported its problem too), then [`run`] with

@@ -49,7 +49,9 @@ async fn main() -> ExitCode {
     let cli: Cli = parse_args();
     let telemetry = telemetry::init(NAME, &cli.worker.log);
     let mut problems = Problems::default();
+    let unconfigured = orch_worker::run::not_configured(ROLE, &cli.worker);
     let handler: Option<Arc<dyn Handler>> = match cli.provider {
+        _ if unconfigured.is_some() => unconfigured,
         Provider::Ollama => cli.models.ollama(ROLE, &mut problems),
         Provider::Openai => cli.models.openai(ROLE, &mut problems),
         Provider::Sim => {

@@ -30,6 +30,18 @@ static ALLOC: orch_shared::Allocator = orch_shared::Allocator;
 async fn main() -> ExitCode {
     let cli: Cli = parse_args();
     let telemetry = telemetry::init(NAME, &cli.worker.log);
+    if let Some(handler) = orch_worker::run::not_configured(orch_shared::Role::Web, &cli.worker) {
+        let code = orch_worker::run::run_checked(
+            NAME,
+            &cli.worker,
+            Some(handler),
+            ("default", 8),
+            Problems::default(),
+        )
+        .await;
+        telemetry.shutdown().await;
+        return code;
+    }
     let mut problems = Problems::default();
     let web_cfg = cli
         .web
