@@ -10,13 +10,9 @@ use orch_shared::config::Problems;
 
 use crate::model::{ChildCommand, DEFAULT_ABORT_GRACE, LocalConfig, LocalModel, check_model_file};
 
-/// Environment variable for `--local-model`.
-pub const ENV_LOCAL_MODEL: &str = "ORCH_LOCAL_MODEL";
-/// Directory `deploy/fetch-model.sh` installs models into (and the default
-/// model is looked up in).
-pub const ENV_MODEL_DIR: &str = "ORCH_MODEL_DIR";
-/// The default model's file name, as `deploy/fetch-model.sh` installs it.
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct-Q4_1.gguf";
+pub use orch_shared::models::{
+    DEFAULT_MODEL_FILE, ENV_LOCAL_MODEL, ENV_MODEL_DIR, default_model_path,
+};
 /// Room for the prompt — instructions and schema (~500 tokens) plus the web
 /// findings the prompt carries (up to ~2,000 tokens) — and the answer; the KV
 /// cache for it is ~100 MB with SmolLM2-135M.
@@ -142,18 +138,6 @@ impl LocalArgs {
             abort_grace: DEFAULT_ABORT_GRACE,
         })
     }
-}
-
-/// Where `deploy/fetch-model.sh` installs the default model:
-/// `$ORCH_MODEL_DIR/<file>`, else `$HOME/.cache/orch/models/<file>`.
-/// `None` when neither variable is set.
-pub fn default_model_path(env: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
-    let non_empty = |key: &str| env(key).filter(|v| !v.is_empty());
-    let dir = match non_empty(ENV_MODEL_DIR) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(non_empty("HOME")?).join(".cache/orch/models"),
-    };
-    Some(dir.join(DEFAULT_MODEL_FILE))
 }
 
 /// Threads when `--local-threads` is not given.

@@ -79,6 +79,8 @@ impl ChildProcess {
             // two busy cores. Sleeping waiters cost little when idle.
             command.env(ENV_OMP_WAIT_POLICY, "PASSIVE");
         }
+        // Stateless and expensive to leave behind: it dies with its worker.
+        orch_shared::process::die_with_parent(&mut command, nix::sys::signal::Signal::SIGKILL);
         let mut child = command
             .env(ENV_CHILD, "1")
             // Its own process group: Ctrl-C in a terminal signals the worker,
