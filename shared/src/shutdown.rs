@@ -25,6 +25,77 @@ pub fn on_signal() -> CancellationToken {
     token
 }
 
+/// The two stages of a supervisor's shutdown: `drain` is cancelled on the first
+/// SIGTERM/SIGINT, `force` on the second. Unlike [`on_signal`] nothing exits the
+/// process, so a supervisor can still stop its children before it returns.
+#[derive(Debug, Clone)]
+pub struct Stages {
+    /// Cancelled on the first signal: stop taking work, drain.
+    pub drain: CancellationToken,
+    /// Cancelled on the second signal: stop waiting, end everything now.
+    pub force: CancellationToken,
+}
+
+/// Watches for signals and reports them as [`Stages`].
+///
+/// Must be called inside a Tokio runtime.
+pub fn stages() -> Stages {
+    let stages = Stages {
+        drain: CancellationToken::new(),
+        force: CancellationToken::new(),
+    };
+    let s = stages.clone();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registered here, before returning: a signal that arrives from now on
+        // is seen, even two in quick succession (one stream each, never recreated).
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            // Detached on purpose: it lives as long as the process and owns no resources.
+            tokio::spawn(async move {
+                for stage in [&s.drain, &s.force] {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                    stage.cancel();
+                }
+            });
+            return stages;
+        }
+    }
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        s.drain.cancel();
+        wait_for_signal().await;
+        s.force.cancel();
+    });
+    stages
+}
+
+/// How long one NATS step of a drain (unsubscribe, stop, flush) may take: with
+/// the server gone such a step would otherwise wait for a reconnect forever.
+pub const DRAIN_STEP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Awaits one step of a drain for at most [`DRAIN_STEP_LIMIT`]; `None` (and a
+/// warning naming `what`) when it did not finish, so the drain goes on.
+pub async fn drain_step<F: std::future::Future>(what: &str, fut: F) -> Option<F::Output> {
+    match tokio::time::timeout(DRAIN_STEP_LIMIT, fut).await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::warn!(
+                step = what,
+                limit_ms = DRAIN_STEP_LIMIT.as_millis() as u64,
+                "drain step did not finish (is NATS reachable?); going on"
+            );
+            None
+        }
+    }
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {

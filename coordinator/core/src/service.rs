@@ -961,11 +961,18 @@ pub async fn serve(
     tracing::info!(running = tasks.len(), "coordinator draining");
     intake_stop.cancel();
     if let Some(intake) = intake {
-        let _ = intake.await;
+        // Durable work in hand finishes or is handed back within the drain
+        // deadline; with NATS gone the intake may wait on the server, so it is bounded.
+        let abort = intake.abort_handle();
+        let limit = coord.config.drain_timeout + orch_shared::shutdown::DRAIN_STEP_LIMIT;
+        if tokio::time::timeout(limit, intake).await.is_err() {
+            tracing::warn!("durable intake did not stop within the drain deadline; aborted");
+            abort.abort();
+        }
     }
-    let _ = submit.stop().await;
-    let _ = stats.stop().await;
-    let _ = results.stop().await;
+    let _ = orch_shared::shutdown::drain_step("stop submit", submit.stop()).await;
+    let _ = orch_shared::shutdown::drain_step("stop stats", stats.stop()).await;
+    let _ = orch_shared::shutdown::drain_step("stop results", results.stop()).await;
     while let Ok(Some(request)) =
         tokio::time::timeout(Duration::from_millis(100), submit.next()).await
     {
@@ -976,7 +983,7 @@ pub async fn serve(
         );
         reply_error(&request, enc, &body).await;
     }
-    let _ = service.stop().await;
+    let _ = orch_shared::shutdown::drain_step("stop service", service.stop()).await;
     tasks.close();
     let mut cancelled_at_drain = 0;
     if tokio::time::timeout(coord.config.drain_timeout, tasks.wait())
@@ -991,7 +998,7 @@ pub async fn serve(
         coord.dispatcher.stop_all();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     }
-    if let Err(e) = client.flush().await {
+    if let Some(Err(e)) = orch_shared::shutdown::drain_step("flush", client.flush()).await {
         tracing::warn!(error = %e, "flushing to NATS failed");
     }
     coord.stop_background.cancel();

@@ -23,6 +23,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use orch_shared::codec::{Encoding, header_safe};
+use orch_shared::shutdown::drain_step;
 use orch_shared::wire::{ObjectRef, WorkReply, WorkRequest};
 use orch_shared::{ErrorCode, Role, Slot, headers, subjects};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -239,7 +240,7 @@ pub async fn serve(
         "draining: no new work accepted"
     );
     pull_stop.cancel();
-    if let Err(e) = endpoint.stop().await {
+    if let Some(Err(e)) = drain_step("unsubscribe", endpoint.stop()).await {
         tracing::warn!(error = %e, "unsubscribing the work endpoint failed");
     }
     // Requests already buffered locally: tell the coordinator to go elsewhere at once.
@@ -254,11 +255,15 @@ pub async fn serve(
         };
         respond_err(&shared, &job, enc, &err, true).await;
     }
-    if let Err(e) = service.stop().await {
+    if let Some(Err(e)) = drain_step("stop service", service.stop()).await {
         tracing::debug!(error = %e, "stopping the micro service");
     }
-    // The pull loop answers what its last pull brings with `shutting_down`.
-    let _ = pull.await;
+    // The pull loop answers what its last pull brings with `shutting_down`;
+    // with NATS gone it may be stuck in a fetch, and is aborted.
+    let pull_abort = pull.abort_handle();
+    if drain_step("stop pulling", pull).await.is_none() {
+        pull_abort.abort();
+    }
     tracker.close();
     let mut cancelled_at_drain = 0;
     if tokio::time::timeout(shared.cfg.drain_timeout, tracker.wait())
@@ -274,7 +279,7 @@ pub async fn serve(
         // Cancelled jobs answer `shutting_down` right away; give them a moment to publish.
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     }
-    if let Err(e) = client.flush().await {
+    if let Some(Err(e)) = drain_step("flush", client.flush()).await {
         tracing::warn!(error = %e, "flushing replies to NATS failed");
     }
     let report = ServeReport {
@@ -396,9 +401,53 @@ impl Job {
         &self,
         shared: &Shared,
         outcome: Result<bytes::Bytes, service::error::Error>,
+        h: HeaderMap,
+    ) -> bool {
+        // A reply the server would refuse (over its max payload) becomes an error
+        // reply that fits, so the caller hears at once instead of at its timeout.
+        let (outcome, h) = match outcome {
+            Ok(payload)
+                if payload.len() + REPLY_HEADER_ROOM > shared.client.server_info().max_payload =>
+            {
+                let err = WorkError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "the reply is {} bytes, over the server's max payload of {} bytes",
+                        payload.len(),
+                        shared.client.server_info().max_payload
+                    ),
+                );
+                tracing::warn!(error = %err, "reply replaced by an error");
+                let mut h = h;
+                h.insert(headers::ORCH_ERROR, err.code.as_str());
+                (Err(service_error(&err)), h)
+            }
+            other => (other, h),
+        };
+        let was_ok = outcome.is_ok();
+        if let Err(e) = self.publish(shared, outcome, h.clone()).await {
+            tracing::warn!(error = %e, "publishing a reply failed");
+            if was_ok {
+                // Tell the caller why rather than leave it waiting.
+                let err = WorkError::internal(format!("the reply could not be published: {e}"));
+                let mut h = h;
+                h.insert(headers::ORCH_ERROR, err.code.as_str());
+                if let Err(e) = self.publish(shared, Err(service_error(&err)), h).await {
+                    tracing::warn!(error = %e, "publishing the error reply failed too");
+                }
+            }
+            return false;
+        }
+        was_ok
+    }
+
+    async fn publish(
+        &self,
+        shared: &Shared,
+        outcome: Result<bytes::Bytes, service::error::Error>,
         mut h: HeaderMap,
-    ) {
-        let result = match &self.origin {
+    ) -> Result<(), String> {
+        match &self.origin {
             Origin::Micro(r) => r
                 .respond_with_headers(outcome, h)
                 .await
@@ -421,10 +470,18 @@ impl Job {
                     .await
                     .map_err(|e| e.to_string())
             }
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "publishing a reply failed");
         }
+    }
+}
+
+/// Room kept for a reply's headers (encoding, worker id, trace context) when
+/// its payload is checked against the server's max payload.
+const REPLY_HEADER_ROOM: usize = 1024;
+
+fn service_error(err: &WorkError) -> service::error::Error {
+    service::error::Error {
+        status: header_safe(&err.message),
+        code: usize::from(err.code.status()),
     }
 }
 
@@ -792,8 +849,11 @@ async fn respond_ok(shared: &Shared, job: &Job, enc: Encoding, reply: &WorkReply
     };
     let mut h = enc.headers();
     h.insert(headers::ORCH_WORKER_ID, shared.worker_id.as_str());
-    job.send(shared, Ok(payload), h).await;
-    shared.metrics.record_ok();
+    if job.send(shared, Ok(payload), h).await {
+        shared.metrics.record_ok();
+    } else {
+        shared.metrics.record_err(ErrorCode::PayloadTooLarge, false);
+    }
 }
 
 pub(crate) async fn respond_err(
@@ -810,11 +870,7 @@ pub(crate) async fn respond_err(
     let mut h = enc.headers();
     h.insert(headers::ORCH_ERROR, err.code.as_str());
     h.insert(headers::ORCH_WORKER_ID, shared.worker_id.as_str());
-    let service_err = service::error::Error {
-        status: header_safe(&err.message),
-        code: usize::from(err.code.status()),
-    };
-    job.send(shared, Err(service_err), h).await;
+    job.send(shared, Err(service_error(err)), h).await;
 }
 
 #[cfg(test)]
