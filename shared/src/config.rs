@@ -38,46 +38,61 @@ pub const DEFAULT_NATS_INBOX_PREFIX: &str = "_INBOX";
 #[derive(clap::Args, Clone)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
-    #[arg(long = "nats-url", env = ENV_NATS_URL, default_value = DEFAULT_NATS_URL)]
+    #[arg(global = true, long = "nats-url", env = ENV_NATS_URL, default_value = DEFAULT_NATS_URL)]
     pub url: String,
     /// NATS credentials file (JWT + nkey seed), as issued by `nsc`.
-    #[arg(long = "nats-creds", env = "NATS_CREDS")]
+    #[arg(global = true, long = "nats-creds", env = "NATS_CREDS")]
     pub creds: Option<PathBuf>,
     /// File holding an nkey seed (`SU...`) for nkey authentication.
-    #[arg(long = "nats-nkey-file", env = "NATS_NKEY_FILE")]
+    #[arg(global = true, long = "nats-nkey-file", env = "NATS_NKEY_FILE")]
     pub nkey_file: Option<PathBuf>,
     /// User name for user/password authentication.
-    #[arg(long = "nats-user", env = "NATS_USER")]
+    #[arg(global = true, long = "nats-user", env = "NATS_USER")]
     pub user: Option<String>,
     /// Password for user/password authentication (prefer the env var or --nats-password-file).
-    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true)]
+    #[arg(
+        global = true,
+        long = "nats-password",
+        env = "NATS_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
     /// File holding the password for user/password authentication.
-    #[arg(long = "nats-password-file", env = "NATS_PASSWORD_FILE")]
+    #[arg(global = true, long = "nats-password-file", env = "NATS_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the server's TLS certificate.
-    #[arg(long = "nats-tls-ca", env = "NATS_TLS_CA")]
+    #[arg(global = true, long = "nats-tls-ca", env = "NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
-    #[arg(long = "nats-tls-cert", env = "NATS_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        global = true,
+        long = "nats-tls-cert",
+        env = "NATS_TLS_CERT",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS.
-    #[arg(long = "nats-tls-key", env = "NATS_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        global = true,
+        long = "nats-tls-key",
+        env = "NATS_TLS_KEY",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Require TLS even if the server does not demand it.
-    #[arg(long = "nats-tls-required", env = "NATS_TLS_REQUIRED")]
+    #[arg(global = true, long = "nats-tls-required", env = "NATS_TLS_REQUIRED")]
     pub tls_required: bool,
     /// Give up connecting at startup after this long.
-    #[arg(long = "nats-connect-timeout", env = "NATS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(global = true, long = "nats-connect-timeout", env = "NATS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Prefix of this connection's reply inboxes. With subject permissions,
     /// give each identity its own (e.g. `_INBOX_coordinator`) so no other
     /// identity may subscribe to its replies (see `deploy/nats/`).
-    #[arg(long = "nats-inbox-prefix", env = ENV_NATS_INBOX_PREFIX, default_value = DEFAULT_NATS_INBOX_PREFIX)]
+    #[arg(global = true, long = "nats-inbox-prefix", env = ENV_NATS_INBOX_PREFIX, default_value = DEFAULT_NATS_INBOX_PREFIX)]
     pub inbox_prefix: String,
     /// Messages buffered per subscription; beyond it async-nats drops them
     /// (each drop is logged as a slow consumer and counted in stats).
-    #[arg(long = "nats-subscription-capacity", env = ENV_NATS_SUBSCRIPTION_CAPACITY, default_value_t = DEFAULT_SUBSCRIPTION_CAPACITY)]
+    #[arg(global = true, long = "nats-subscription-capacity", env = ENV_NATS_SUBSCRIPTION_CAPACITY, default_value_t = DEFAULT_SUBSCRIPTION_CAPACITY)]
     pub subscription_capacity: usize,
 }
 

@@ -59,14 +59,9 @@ async fn main() -> ExitCode {
         level: cli.log.level.clone().replace("info", "warn"),
         ..cli.log.clone()
     };
-    let telemetry = telemetry::init(
-        "orch",
-        if matches!(cli.command, Command::Up(_)) {
-            &cli.log
-        } else {
-            &quiet
-        },
-    );
+    // The CLI's own output is its result; its log says only what went wrong
+    // (`orch up` prints milestones itself and keeps the fleet's logs in files).
+    let telemetry = telemetry::init("orch", &quiet);
     let result = match cli.command {
         Command::Submit(a) => cmd::submit(&cli.nats, a).await,
         Command::Result(a) => cmd::result(&cli.nats, a).await,

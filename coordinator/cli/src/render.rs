@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use orch_client::ServiceInstance;
-use orch_shared::Role;
 use orch_shared::wire::{Event, EventKind, OrchestratedResult, StatsReport};
+use orch_shared::{ErrorCode, Role};
 
 fn s(v: &serde_json::Value) -> String {
     match v {
@@ -40,92 +40,116 @@ pub fn progress_line(e: &Event) -> Option<String> {
     })
 }
 
-/// A result summary.
+/// Below this the seed asks for manual review.
+const REVIEW_BELOW: f64 = 0.7;
+
+/// A result summary, most useful first: the answer and its plan, how far to
+/// trust it, then what failed (each failure once, in words) and what it cost.
 pub fn result(r: &OrchestratedResult) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "result {}", r.task_id);
-    let _ = writeln!(o, "  confidence  {:.0}%", r.confidence * 100.0);
-    let models = if r.models_used.is_empty() {
-        "none".into()
-    } else {
-        r.models_used.join(", ")
+    let label = |o: &mut String, name: &str, value: &str| {
+        let _ = writeln!(o, "  {name:<11} {value}");
     };
-    let _ = writeln!(o, "  models      {models}");
-    if r.fallback_chain.is_empty() {
-        let _ = writeln!(o, "  fallbacks   none");
-    } else {
-        for (i, f) in r.fallback_chain.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "  {}   {f}",
-                if i == 0 { "fallbacks" } else { "         " }
-            );
-        }
-    }
-    if r.conflicts.is_empty() {
-        let _ = writeln!(o, "  conflicts   none");
-    } else {
-        for (i, c) in r.conflicts.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "  {}   {c}",
-                if i == 0 { "conflicts" } else { "         " }
-            );
-        }
-    }
-    let timings: Vec<String> = r
-        .model_results
-        .values()
-        .map(|m| {
-            format!(
-                "{} {:.1} ms{}",
-                m.role,
-                m.latency_ms,
-                if m.success { "" } else { " ✗" }
-            )
-        })
-        .collect();
-    let _ = writeln!(
-        o,
-        "  time        {:.1} ms ({})",
-        r.execution_time_ms,
-        timings.join(", ")
-    );
-    for m in r.model_results.values().filter(|m| !m.success) {
-        let _ = writeln!(
-            o,
-            "  {:<11} failed: {}",
-            m.role.as_str(),
-            m.error.as_deref().unwrap_or("?")
-        );
-    }
-    if let Some(v) = r.verdict() {
-        let _ = writeln!(
-            o,
-            "  verdict     {} ({:.0}%)",
-            v.verdict.as_str(),
-            v.confidence * 100.0
-        );
-    }
     match r.plan() {
         Some(plan) => {
-            let _ = writeln!(o, "  answer      {}", plan.answer);
+            label(&mut o, "answer", &plan.answer);
             for (i, step) in plan.steps.iter().enumerate() {
                 let _ = writeln!(
                     o,
-                    "  step {:<6} {} {} — {}",
+                    "  {:<11} {}. {} {}",
+                    if i == 0 { "plan" } else { "" },
                     i + 1,
                     step.tool,
-                    serde_json::Value::Object(step.args.clone()),
-                    step.why
+                    serde_json::Value::Object(step.args.clone())
                 );
+                if !step.why.is_empty() {
+                    let _ = writeln!(o, "  {:<11}    {}", "", step.why);
+                }
             }
         }
         None if r.model_results.contains_key(&Role::Reasoner) => {
-            let _ = writeln!(o, "  answer      none (every reasoner failed)");
+            label(
+                &mut o,
+                "answer",
+                "none: no reasoner produced a plan (see failed)",
+            );
         }
         None => {}
     }
+    let review = if r.confidence < REVIEW_BELOW {
+        " (below 70%: review by hand)"
+    } else {
+        ""
+    };
+    label(
+        &mut o,
+        "confidence",
+        &format!("{:.0}%{review}", r.confidence * 100.0),
+    );
+    if let Some(v) = r.verdict() {
+        label(
+            &mut o,
+            "verdict",
+            &format!("{} ({:.0}%)", v.verdict.as_str(), v.confidence * 100.0),
+        );
+    }
+    let used: Vec<String> = r
+        .model_results
+        .values()
+        .filter(|m| m.success)
+        .map(|m| {
+            let model = if m.model.is_empty() {
+                &m.provider
+            } else {
+                &m.model
+            };
+            format!("{} {} ({:.1} s)", m.role, model, m.latency_ms / 1000.0)
+        })
+        .collect();
+    label(
+        &mut o,
+        "models",
+        &if used.is_empty() {
+            "none".into()
+        } else {
+            used.join(", ")
+        },
+    );
+    // A role's final failure, once; then only the fallbacks it does not already say.
+    let mut said: Vec<&str> = Vec::new();
+    for (i, m) in r.model_results.values().filter(|m| !m.success).enumerate() {
+        let error = m.error.as_deref().unwrap_or("no reason given");
+        said.push(error);
+        let what = match m.error_code {
+            // The worker's reason already names the role and says what enables it.
+            Some(ErrorCode::NotConfigured) => format!(
+                "not configured: {}",
+                error.rsplit("not_configured: ").next().unwrap_or(error)
+            ),
+            _ => format!("{}/{}: {error}", m.role, m.slot),
+        };
+        label(&mut o, if i == 0 { "failed" } else { "" }, &what);
+    }
+    let fallbacks: Vec<&String> = r
+        .fallback_chain
+        .iter()
+        .filter(|f| !said.iter().any(|e| f.contains(e) || e.contains(f.as_str())))
+        .collect();
+    for (i, f) in fallbacks.iter().enumerate() {
+        label(&mut o, if i == 0 { "fallbacks" } else { "" }, f);
+    }
+    if r.conflicts.is_empty() {
+        label(&mut o, "conflicts", "none");
+    }
+    for (i, c) in r.conflicts.iter().enumerate() {
+        label(&mut o, if i == 0 { "conflicts" } else { "" }, c);
+    }
+    label(
+        &mut o,
+        "time",
+        &format!("{:.1} s", r.execution_time_ms / 1000.0),
+    );
+    label(&mut o, "task id", &r.task_id);
     o
 }
 
@@ -196,4 +220,87 @@ pub fn workers(found: &[ServiceInstance]) -> String {
         let _ = writeln!(o, "(no services answered)");
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> OrchestratedResult {
+        serde_json::from_value(serde_json::json!({
+            "task_id": "t1",
+            "task": "Find Python developers on LinkedIn",
+            "primary_answer": {
+                "answer": "search LinkedIn people for Python",
+                "confidence": 0.6,
+                "steps": [
+                    {"tool": "playwright_navigate", "args": {"url": "https://www.linkedin.com"}, "why": "open the site"},
+                    {"tool": "playwright_extract_entities", "args": {}}
+                ]
+            },
+            "model_results": {
+                "web": {
+                    "role": "web", "slot": "default", "provider": "not_configured", "model": "",
+                    "success": false, "content": null,
+                    "error": "not_configured: web: no SearxNG at http://127.0.0.1:8080; set ORCH_SEARXNG_URL",
+                    "error_code": "not_configured",
+                    "latency_ms": 1.0, "started_ms": 0.0, "finished_ms": 1.0
+                },
+                "reasoner": {
+                    "role": "reasoner", "slot": "local", "provider": "llama", "model": "qwen",
+                    "success": true, "content": null,
+                    "latency_ms": 2500.0, "started_ms": 0.0, "finished_ms": 2500.0
+                }
+            },
+            "confidence": 0.55,
+            "conflicts": [],
+            "execution_time_ms": 2600.0,
+            "models_used": ["qwen"],
+            "fallback_chain": [
+                "web/default: not_configured: web: no SearxNG at http://127.0.0.1:8080; set ORCH_SEARXNG_URL",
+                "reasoner/kimi_k2: no responders"
+            ]
+        }))
+        .expect("a valid result")
+    }
+
+    #[test]
+    fn the_answer_comes_first_and_each_failure_is_said_once() {
+        let text = result(&sample());
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("answer") && first.contains("search LinkedIn"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1. playwright_navigate {\"url\":\"https://www.linkedin.com\"}"),
+            "{text}"
+        );
+        assert!(text.contains("open the site"), "{text}");
+        assert!(text.contains("55% (below 70%: review by hand)"), "{text}");
+        assert!(text.contains("reasoner qwen (2.5 s)"), "{text}");
+        assert_eq!(text.matches("no SearxNG").count(), 1, "{text}");
+        assert!(text.contains("not configured: web: no SearxNG"), "{text}");
+        // The fallback not already reported as a failure stays.
+        assert!(text.contains("reasoner/kimi_k2: no responders"), "{text}");
+    }
+
+    #[test]
+    fn confident_results_ask_for_no_review() {
+        let mut r = sample();
+        r.confidence = 0.9;
+        let text = result(&r);
+        assert!(
+            text.contains("90%") && !text.contains("review by hand"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_reasoner_says_there_is_no_answer() {
+        let mut r = sample();
+        r.primary_answer = None;
+        let text = result(&r);
+        assert!(text.contains("none: no reasoner produced a plan"), "{text}");
+    }
 }
