@@ -80,16 +80,34 @@ pub fn stages() -> Stages {
 /// the server gone such a step would otherwise wait for a reconnect forever.
 pub const DRAIN_STEP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Awaits one step of a drain for at most [`DRAIN_STEP_LIMIT`]; `None` (and a
-/// warning naming `what`) when it did not finish, so the drain goes on.
-pub async fn drain_step<F: std::future::Future>(what: &str, fut: F) -> Option<F::Output> {
-    match tokio::time::timeout(DRAIN_STEP_LIMIT, fut).await {
+/// How long a drain step may take while the connection is down: long enough
+/// for work that is local (unsubscribing writes to a buffer), far too short to
+/// wait for a server that is not there.
+pub const DISCONNECTED_STEP_LIMIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Awaits one step of a drain for at most [`DRAIN_STEP_LIMIT`], or
+/// [`DISCONNECTED_STEP_LIMIT`] when `client` is not connected (a flush cannot
+/// finish then); `None` (and a warning naming `what`) when it did not finish,
+/// so the drain goes on.
+pub async fn drain_step<F: std::future::Future>(
+    client: &async_nats::Client,
+    what: &str,
+    fut: F,
+) -> Option<F::Output> {
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    let limit = if connected {
+        DRAIN_STEP_LIMIT
+    } else {
+        DISCONNECTED_STEP_LIMIT
+    };
+    match tokio::time::timeout(limit, fut).await {
         Ok(v) => Some(v),
         Err(_) => {
             tracing::warn!(
                 step = what,
-                limit_ms = DRAIN_STEP_LIMIT.as_millis() as u64,
-                "drain step did not finish (is NATS reachable?); going on"
+                connected,
+                limit_ms = limit.as_millis() as u64,
+                "drain step did not finish; going on"
             );
             None
         }

@@ -172,3 +172,56 @@ async fn a_fleet_of_processes_answers_a_four_role_task() {
     assert_eq!(reasoner.meta("provider"), "sim");
     assert_eq!(reasoner.requests, 1);
 }
+
+/// What a stop may take at most: the 10 s drain deadline the harness gives,
+/// plus its bounded steps. Before this was bounded a worker whose server had
+/// gone stayed up until a second signal (60 s and more).
+const STOP_BOUND: Duration = Duration::from_secs(25);
+
+#[tokio::test]
+async fn sigterm_stops_every_process_whose_nats_server_is_gone() {
+    orch_tests::init_logs();
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let mut procs = vec![
+        orch_tests::process::coordinator(&url, &[]),
+        sim_worker("orch-reasoner", &url, &["--slot", "kimi_k2"]),
+        sim_worker("orch-verifier", &url, &["--slot", "chatgpt"]),
+        sim_worker("orch-vision", &url, &[]),
+        sim_worker("orch-web", &url, &[]),
+    ];
+    let orch = Orchestrator::connect(&url).await.unwrap();
+    wait_for_services(
+        &orch,
+        &[
+            ("orch-coordinator", 1),
+            ("orch-reasoner", 1),
+            ("orch-verifier", 1),
+            ("orch-vision", 1),
+            ("orch-web", 1),
+        ],
+        T,
+        procs.iter(),
+    )
+    .await;
+    drop(orch);
+    nats.kill();
+    // Let every client notice the server is gone and start reconnecting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for p in &procs {
+        p.signal(Signal::SIGTERM);
+    }
+    for p in &mut procs {
+        let status = p.exited(STOP_BOUND).await.unwrap_or_else(|| {
+            panic!(
+                "still running after SIGTERM with NATS gone\n{}",
+                p.describe()
+            )
+        });
+        assert!(
+            status.code().is_some(),
+            "exited by itself, not by a signal: {status}\n{}",
+            p.describe()
+        );
+    }
+}

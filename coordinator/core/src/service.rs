@@ -970,9 +970,9 @@ pub async fn serve(
             abort.abort();
         }
     }
-    let _ = orch_shared::shutdown::drain_step("stop submit", submit.stop()).await;
-    let _ = orch_shared::shutdown::drain_step("stop stats", stats.stop()).await;
-    let _ = orch_shared::shutdown::drain_step("stop results", results.stop()).await;
+    let _ = orch_shared::shutdown::drain_step(&client, "stop submit", submit.stop()).await;
+    let _ = orch_shared::shutdown::drain_step(&client, "stop stats", stats.stop()).await;
+    let _ = orch_shared::shutdown::drain_step(&client, "stop results", results.stop()).await;
     while let Ok(Some(request)) =
         tokio::time::timeout(Duration::from_millis(100), submit.next()).await
     {
@@ -983,7 +983,7 @@ pub async fn serve(
         );
         reply_error(&request, enc, &body).await;
     }
-    let _ = orch_shared::shutdown::drain_step("stop service", service.stop()).await;
+    let _ = orch_shared::shutdown::drain_step(&client, "stop service", service.stop()).await;
     tasks.close();
     let mut cancelled_at_drain = 0;
     if tokio::time::timeout(coord.config.drain_timeout, tasks.wait())
@@ -998,7 +998,8 @@ pub async fn serve(
         coord.dispatcher.stop_all();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     }
-    if let Some(Err(e)) = orch_shared::shutdown::drain_step("flush", client.flush()).await {
+    if let Some(Err(e)) = orch_shared::shutdown::drain_step(&client, "flush", client.flush()).await
+    {
         tracing::warn!(error = %e, "flushing to NATS failed");
     }
     coord.stop_background.cancel();

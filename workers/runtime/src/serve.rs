@@ -240,7 +240,7 @@ pub async fn serve(
         "draining: no new work accepted"
     );
     pull_stop.cancel();
-    if let Some(Err(e)) = drain_step("unsubscribe", endpoint.stop()).await {
+    if let Some(Err(e)) = drain_step(&client, "unsubscribe", endpoint.stop()).await {
         tracing::warn!(error = %e, "unsubscribing the work endpoint failed");
     }
     // Requests already buffered locally: tell the coordinator to go elsewhere at once.
@@ -255,13 +255,13 @@ pub async fn serve(
         };
         respond_err(&shared, &job, enc, &err, true).await;
     }
-    if let Some(Err(e)) = drain_step("stop service", service.stop()).await {
+    if let Some(Err(e)) = drain_step(&client, "stop service", service.stop()).await {
         tracing::debug!(error = %e, "stopping the micro service");
     }
     // The pull loop answers what its last pull brings with `shutting_down`;
     // with NATS gone it may be stuck in a fetch, and is aborted.
     let pull_abort = pull.abort_handle();
-    if drain_step("stop pulling", pull).await.is_none() {
+    if drain_step(&client, "stop pulling", pull).await.is_none() {
         pull_abort.abort();
     }
     tracker.close();
@@ -279,7 +279,7 @@ pub async fn serve(
         // Cancelled jobs answer `shutting_down` right away; give them a moment to publish.
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     }
-    if let Some(Err(e)) = drain_step("flush", client.flush()).await {
+    if let Some(Err(e)) = drain_step(&client, "flush", client.flush()).await {
         tracing::warn!(error = %e, "flushing replies to NATS failed");
     }
     let report = ServeReport {
