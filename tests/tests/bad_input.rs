@@ -266,6 +266,12 @@ async fn malformed_work_requests_get_structured_errors_and_the_worker_keeps_serv
     let expect = |m: async_nats::Message, code: ErrorCode| {
         let body = error_from_reply(m.headers.as_ref(), &m.payload).expect("worker error reply");
         assert_eq!(body.error.code, code, "{body}");
+        // The body alone says it too, as the coordinator's errors do.
+        let enc = orch_shared::codec::Encoding::from_headers(m.headers.as_ref()).unwrap();
+        let alone: orch_shared::error::ErrorBody = enc
+            .decode(&m.payload)
+            .unwrap_or_else(|e| panic!("error body {:?}: {e}", m.payload));
+        assert_eq!(alone, body);
         // NATS micro conventions too, so generic tooling sees the error.
         assert!(
             m.headers
@@ -319,4 +325,42 @@ async fn malformed_work_requests_get_structured_errors_and_the_worker_keeps_serv
     assert!(reply["content"]["steps"].is_array());
 
     still_serving(&fleet).await;
+}
+
+/// A reply over the server's max payload cannot be published; the caller gets
+/// a `payload_too_large` error at once instead of waiting for its timeout, and
+/// the worker keeps serving.
+#[tokio::test]
+async fn a_reply_over_the_max_payload_becomes_an_error_reply() {
+    let nats = NatsServer::start_with(orch_tests::nats::ServerOptions {
+        extra_config: "max_payload: 65536\n".into(),
+        ..Default::default()
+    });
+    let fleet = Fleet::start(
+        &nats.url(),
+        CoordinatorConfig::default(),
+        vec![WorkerSpec::sim(Role::Web, "default")],
+    )
+    .await;
+    let c = fleet.orch.nats().clone();
+    let subject = subjects::work(Role::Web, &"default".parse().unwrap());
+    // The simulated search repeats the query in every result: a 30 kB query
+    // fits the request and overflows the reply.
+    let big = serde_json::json!({
+        "task_id": "t", "role": "web", "slot": "default", "task": "x",
+        "query": "q".repeat(30_000),
+    });
+    let m = raw(&c, &subject, None, serde_json::to_vec(&big).unwrap()).await;
+    let body = error_from_reply(m.headers.as_ref(), &m.payload).expect("an error reply");
+    assert_eq!(body.error.code, ErrorCode::PayloadTooLarge, "{body}");
+    assert!(body.error.message.contains("max payload"), "{body}");
+    let small = serde_json::json!({
+        "task_id": "t", "role": "web", "slot": "default", "task": "x", "query": "rust"
+    });
+    let m = raw(&c, &subject, None, serde_json::to_vec(&small).unwrap()).await;
+    assert!(
+        error_from_reply(m.headers.as_ref(), &m.payload).is_none(),
+        "the worker still serves: {:?}",
+        m.payload
+    );
 }

@@ -189,6 +189,17 @@ pub fn stats(s: &StatsReport) -> String {
     o
 }
 
+/// Errors a service answered with. Workers publish error replies with a JSON
+/// body themselves, which `$SRV` does not count, and report them in their
+/// stats data (`failed` while running a job, `rejected` before starting one).
+fn errors(s: &ServiceInstance) -> u64 {
+    let count = |k: &str| s.data.get(k).and_then(serde_json::Value::as_u64);
+    match (count("failed"), count("rejected")) {
+        (None, None) => s.errors,
+        (f, r) => f.unwrap_or(0) + r.unwrap_or(0),
+    }
+}
+
 /// A table of live services.
 pub fn workers(found: &[ServiceInstance]) -> String {
     let mut o = String::new();
@@ -212,7 +223,7 @@ pub fn workers(found: &[ServiceInstance]) -> String {
             s.meta("model"),
             in_flight,
             s.requests,
-            s.errors,
+            errors(s),
             s.id
         );
     }

@@ -22,7 +22,8 @@ use async_nats::service::{self, ServiceExt as _};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use orch_shared::codec::{Encoding, header_safe};
+use orch_shared::codec::{Encoding, error_reply, header_safe};
+use orch_shared::error::ErrorBody;
 use orch_shared::shutdown::drain_step;
 use orch_shared::wire::{ObjectRef, WorkReply, WorkRequest};
 use orch_shared::{ErrorCode, Role, Slot, headers, subjects};
@@ -397,32 +398,23 @@ impl Job {
         matches!(self.origin, Origin::Queued { .. })
     }
 
-    async fn send(
-        &self,
-        shared: &Shared,
-        outcome: Result<bytes::Bytes, service::error::Error>,
-        h: HeaderMap,
-    ) -> bool {
+    async fn send(&self, shared: &Shared, outcome: Result<Bytes, WorkError>, h: HeaderMap) -> bool {
         // A reply the server would refuse (over its max payload) becomes an error
         // reply that fits, so the caller hears at once instead of at its timeout.
-        let (outcome, h) = match outcome {
-            Ok(payload)
-                if payload.len() + REPLY_HEADER_ROOM > shared.client.server_info().max_payload =>
-            {
+        let max_payload = shared.client.server_info().max_payload;
+        let outcome = match outcome {
+            Ok(payload) if payload.len() + REPLY_HEADER_ROOM > max_payload => {
                 let err = WorkError::new(
                     ErrorCode::PayloadTooLarge,
                     format!(
-                        "the reply is {} bytes, over the server's max payload of {} bytes",
-                        payload.len(),
-                        shared.client.server_info().max_payload
+                        "the reply is {} bytes, over the server's max payload of {max_payload} bytes",
+                        payload.len()
                     ),
                 );
                 tracing::warn!(error = %err, "reply replaced by an error");
-                let mut h = h;
-                h.insert(headers::ORCH_ERROR, err.code.as_str());
-                (Err(service_error(&err)), h)
+                Err(err)
             }
-            other => (other, h),
+            other => other,
         };
         let was_ok = outcome.is_ok();
         if let Err(e) = self.publish(shared, outcome, h.clone()).await {
@@ -430,9 +422,7 @@ impl Job {
             if was_ok {
                 // Tell the caller why rather than leave it waiting.
                 let err = WorkError::internal(format!("the reply could not be published: {e}"));
-                let mut h = h;
-                h.insert(headers::ORCH_ERROR, err.code.as_str());
-                if let Err(e) = self.publish(shared, Err(service_error(&err)), h).await {
+                if let Err(e) = self.publish(shared, Err(err), h).await {
                     tracing::warn!(error = %e, "publishing the error reply failed too");
                 }
             }
@@ -441,35 +431,41 @@ impl Job {
         was_ok
     }
 
+    /// Publishes a result, or an error reply: the `Orch-Error` and NATS micro
+    /// error headers plus the same `{"error": {code, message}}` body (in the
+    /// request's encoding) as the coordinator's errors. async-nats' own error
+    /// responses have an empty body, so errors are published as payloads; the
+    /// worker's `$SRV` stats count them in `failed` and `errors_by_code`.
     async fn publish(
         &self,
         shared: &Shared,
-        outcome: Result<bytes::Bytes, service::error::Error>,
+        outcome: Result<Bytes, WorkError>,
         mut h: HeaderMap,
     ) -> Result<(), String> {
+        let payload = match outcome {
+            Ok(p) => p,
+            Err(err) => {
+                let enc = Encoding::from_headers(Some(&h)).unwrap_or_default();
+                let body = ErrorBody::new(err.code, err.message);
+                let (eh, payload) = error_reply(enc, &body);
+                for (name, values) in eh.iter() {
+                    for v in values {
+                        h.insert(name.clone(), v.clone());
+                    }
+                }
+                payload
+            }
+        };
         match &self.origin {
             Origin::Micro(r) => r
-                .respond_with_headers(outcome, h)
+                .respond_with_headers(Ok(payload), h)
                 .await
                 .map_err(|e| e.to_string()),
-            Origin::Queued { reply, .. } => {
-                let payload = match outcome {
-                    Ok(p) => p,
-                    Err(e) => {
-                        h.insert(headers::NATS_SERVICE_ERROR, e.status.as_str());
-                        h.insert(
-                            headers::NATS_SERVICE_ERROR_CODE,
-                            e.code.to_string().as_str(),
-                        );
-                        Bytes::new()
-                    }
-                };
-                shared
-                    .client
-                    .publish_with_headers(reply.clone(), h, payload)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            Origin::Queued { reply, .. } => shared
+                .client
+                .publish_with_headers(reply.clone(), h, payload)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -477,13 +473,6 @@ impl Job {
 /// Room kept for a reply's headers (encoding, worker id, trace context) when
 /// its payload is checked against the server's max payload.
 const REPLY_HEADER_ROOM: usize = 1024;
-
-fn service_error(err: &WorkError) -> service::error::Error {
-    service::error::Error {
-        status: header_safe(&err.message),
-        code: usize::from(err.code.status()),
-    }
-}
 
 /// Admission: refuse at once when the queue is full, otherwise hand the job to a task.
 pub(crate) async fn accept(shared: &Arc<Shared>, tracker: &TaskTracker, job: Job) {
@@ -870,7 +859,7 @@ pub(crate) async fn respond_err(
     let mut h = enc.headers();
     h.insert(headers::ORCH_ERROR, err.code.as_str());
     h.insert(headers::ORCH_WORKER_ID, shared.worker_id.as_str());
-    job.send(shared, Err(service_error(err)), h).await;
+    job.send(shared, Err(err.clone()), h).await;
 }
 
 #[cfg(test)]
