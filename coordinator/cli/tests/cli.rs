@@ -125,3 +125,30 @@ fn bench_reports_its_figures_and_the_messages_per_task() {
     assert!(csv.contains("p1: 4-phase task, concurrency 1"), "{csv}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The outage drill runs both reconnect policies and reports both figures
+/// (their values are the benchmark's business, not a test's).
+#[test]
+fn bench_p6_reports_serving_again_after_an_outage() {
+    let dir = std::env::temp_dir().join(format!("orch-bench-p6-{}", std::process::id()));
+    let (code, out, err) = orch(&[
+        "bench",
+        "--quick",
+        "--only",
+        "p6",
+        "--json",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.lines().last().unwrap_or_default();
+    let figures: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    for key in ["p6_serving_again_ms", "p6_serving_again_vs_default"] {
+        assert!(
+            figures[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {figures}"
+        );
+    }
+    assert!(out.contains("async-nats default policy"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,6 +43,7 @@ mod failover;
 mod gpu;
 mod memory;
 mod plot;
+mod recovery;
 
 /// One line of the human table.
 pub(crate) struct Row {
@@ -129,8 +130,8 @@ pub struct BenchArgs {
     /// Print one JSON object with the figures as the last line.
     #[arg(long)]
     pub json: bool,
-    /// Scenarios to run: p1 and p2 (overhead, throughput), p3 (GPU dispatch), p4 (failover), p5 (memory).
-    #[arg(long, value_delimiter = ',', default_value = "p1,p2,p3,p4,p5")]
+    /// Scenarios to run: p1 and p2 (overhead, throughput), p3 (GPU dispatch), p4 (failover), p5 (memory), p6 (serving again after a nats-server outage).
+    #[arg(long, value_delimiter = ',', default_value = "p1,p2,p3,p4,p5,p6")]
     pub only: Vec<String>,
     /// Smaller runs (CI smoke test of the benchmark itself; figures are not meaningful).
     #[arg(long)]
@@ -608,6 +609,9 @@ pub async fn run(nats: &NatsArgs, mut a: BenchArgs) -> anyhow::Result<ExitCode> 
     }
     if a.wants("p5") {
         memory::run(&url, a.quick, &mut report).await?;
+    }
+    if a.wants("p6") {
+        recovery::run(a.quick, &mut report).await?;
     }
 
     println!("machine: {}", machine());
