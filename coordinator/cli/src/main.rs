@@ -5,6 +5,8 @@
 
 mod bench;
 mod cmd;
+mod eval;
+mod plot;
 mod render;
 mod up;
 
@@ -43,6 +45,8 @@ enum Command {
     Events(cmd::EventsArgs),
     /// Run a local fleet: nats-server (if none is reachable), coordinator, four workers.
     Up(up::UpArgs),
+    /// Run a labelled task set through the fleet: pass rate, calibration (ECE, Brier), latency.
+    Eval(eval::EvalArgs),
     /// Benchmark the fleet with simulated workers against the raw NATS floor.
     Bench(bench::BenchArgs),
     /// Write the JSON Schemas of the public messages to a directory.
@@ -69,6 +73,7 @@ async fn main() -> ExitCode {
         Command::Workers(a) => cmd::workers(&cli.nats, a).await,
         Command::Events(a) => cmd::events(&cli.nats, a).await,
         Command::Up(a) => up::run(&cli.nats, a).await,
+        Command::Eval(a) => eval::run(&cli.nats, a).await,
         Command::Bench(a) => bench::run(&cli.nats, a).await,
         Command::Schemas(a) => cmd::schemas(a),
     };

@@ -177,7 +177,7 @@ pub async fn run(url: &str, quick: bool, report: &mut Report) -> anyhow::Result<
         JOB.as_millis()
     );
     let sizes: &[usize] = if quick { &[1, 4] } else { &[1, 2, 4, 8, 16] };
-    let mut chart = super::plot::Chart {
+    let mut chart = crate::plot::Chart {
         title: format!(
             "p3: efficiency of N GPU-bound workers (1 job at a time, {} ms)",
             JOB.as_millis()
@@ -213,7 +213,7 @@ pub async fn run(url: &str, quick: bool, report: &mut Report) -> anyhow::Result<
             "p3_efficiency_push".to_string()
         };
         report.figure(&key, min_eff, "target >= 0.95 (least-loaded dispatch)");
-        chart.series.push(super::plot::Series {
+        chart.series.push(crate::plot::Series {
             name: if pull {
                 "pull dispatch".into()
             } else {

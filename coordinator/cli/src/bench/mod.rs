@@ -39,10 +39,11 @@ use orch_worker::sim::{SimArgs, SimHandler};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::plot;
+
 mod failover;
 mod gpu;
 mod memory;
-mod plot;
 mod recovery;
 
 /// One line of the human table.

@@ -1,6 +1,6 @@
-//! The benchmark's plot: one SVG file with a panel per chart (p2 throughput
+//! Plots of `orch bench` and `orch eval`: one SVG file with a panel per chart (p2 throughput
 //! against the NATS floor by concurrency, p3 efficiency by number of GPU
-//! workers). SVG rather than PNG: vector, viewable in any browser, and its
+//! workers, eval reliability diagrams). SVG rather than PNG: vector, viewable in any browser, and its
 //! text needs no font files or rasteriser in the binary.
 
 use std::fmt::Write as _;
