@@ -30,9 +30,10 @@ const MAX_DEFAULT_THREADS: u32 = 8;
 /// Flags of the `local` provider (a GGUF model run with llama.cpp).
 #[derive(clap::Args, Debug, Clone)]
 pub struct LocalArgs {
-    /// GGUF model file. Default: `$ORCH_MODEL_DIR/SmolLM2-135M-Instruct-Q4_1.gguf`
-    /// (`$ORCH_MODEL_DIR` defaults to `~/.cache/orch/models`), where
-    /// `deploy/fetch-model.sh` puts it.
+    /// GGUF model file, or the name of a model `deploy/fetch-model.sh` installs
+    /// (`qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`, `smollm2-135m`), found in
+    /// `$ORCH_MODEL_DIR` (default `~/.cache/orch/models`). Default: the default
+    /// model there (`deploy/fetch-model.sh --list`).
     #[arg(id = "local_model", long = "local-model", env = ENV_LOCAL_MODEL, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// CPU threads for the model. Default: the available cores, at most 8.
@@ -83,7 +84,16 @@ impl LocalArgs {
     ) -> Option<LocalConfig> {
         let before = problems.list().len();
         let model_path = match &self.model {
-            Some(path) => Some(path.clone()),
+            Some(value) => {
+                let path = orch_shared::models::resolve(value, env);
+                if path.is_none() {
+                    problems.push(format!(
+                        "--local-model {}: a model name needs {ENV_MODEL_DIR} or HOME to find the model directory",
+                        value.display()
+                    ));
+                }
+                path
+            }
             None => {
                 let path = default_model_path(env);
                 if path.is_none() {
@@ -180,13 +190,11 @@ mod tests {
     fn the_default_model_is_where_the_fetch_script_puts_it() {
         assert_eq!(
             default_model_path(&env(&[("ORCH_MODEL_DIR", "/models"), ("HOME", "/home/u")])),
-            Some(PathBuf::from("/models/SmolLM2-135M-Instruct-Q4_1.gguf"))
+            Some(PathBuf::from("/models").join(DEFAULT_MODEL_FILE))
         );
         assert_eq!(
             default_model_path(&env(&[("ORCH_MODEL_DIR", ""), ("HOME", "/home/u")])),
-            Some(PathBuf::from(
-                "/home/u/.cache/orch/models/SmolLM2-135M-Instruct-Q4_1.gguf"
-            ))
+            Some(PathBuf::from("/home/u/.cache/orch/models").join(DEFAULT_MODEL_FILE))
         );
         assert_eq!(default_model_path(&env(&[])), None);
     }

@@ -38,8 +38,8 @@ enum Provider {
     Openai,
     /// Ollama's native API (--ollama-model).
     Ollama,
-    /// The embedded GGUF model run with llama.cpp (default: SmolLM2-135M-Instruct,
-    /// fetched by deploy/fetch-model.sh). Needs no keys and no network.
+    /// The embedded GGUF model run with llama.cpp (`deploy/fetch-model.sh --list`
+    /// names the choices and the default). Needs no keys and no network.
     Local,
     /// The documented simulator (tests, benchmarks); never for real use.
     Sim,
