@@ -4,7 +4,6 @@
 //! against what each task had to produce.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use orch_coordinator::CoordinatorConfig;
 use orch_tests::fleet::{Fleet, standard_workers};
@@ -45,16 +44,18 @@ const TASKS: &[(&str, bool)] = &[
     ),
 ];
 
-fn eval(url: &str, dir: &std::path::Path, extra: &[&str]) -> (Vec<Value>, Value) {
+/// Runs `orch eval` without blocking the runtime that serves the in-process fleet.
+async fn eval(url: &str, dir: &std::path::Path, extra: &[&str]) -> (Vec<Value>, Value) {
     let file = dir.join("tasks.jsonl");
     let lines: Vec<&str> = TASKS.iter().map(|t| t.0).collect();
     std::fs::write(&file, lines.join("\n")).unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(binary("orch"))
+    let out = tokio::process::Command::new(binary("orch"))
         .args(["--nats-url", url, "eval", "--tasks"])
         .arg(&file)
         .args(["--json", "--concurrency", "3"])
         .args(extra)
         .output()
+        .await
         .unwrap_or_else(|e| panic!("orch eval: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -85,7 +86,8 @@ async fn the_report_agrees_with_the_answers_it_saw() {
         &nats.url(),
         dir.path(),
         &["--plot", plot.to_str().unwrap_or_default()],
-    );
+    )
+    .await;
 
     // Every task was judged as its labels say.
     assert_eq!(tasks.len(), TASKS.len());
@@ -155,7 +157,7 @@ async fn the_report_agrees_with_the_answers_it_saw() {
     assert!(svg.starts_with("<svg") && svg.contains("perfectly calibrated"));
 
     // --variant names every outcome.
-    let (tasks, summary) = eval(&nats.url(), dir.path(), &["--variant", "baseline"]);
+    let (tasks, summary) = eval(&nats.url(), dir.path(), &["--variant", "baseline"]).await;
     assert!(tasks.iter().all(|t| t["variant"] == "baseline"));
     assert_eq!(summary["variants"]["baseline"]["tasks"], TASKS.len());
     let rate = summary["variants"]["baseline"]["pass_rate"].as_f64();
@@ -168,7 +170,7 @@ fn no_fleet_is_a_clear_error_not_a_report() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let file = dir.path().join("t.jsonl");
     std::fs::write(&file, TASKS[0].0).unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(binary("orch"))
+    let out = std::process::Command::new(binary("orch"))
         .args(["--nats-url", &nats.url(), "eval", "--tasks"])
         .arg(&file)
         .output()
